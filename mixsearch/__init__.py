@@ -1,0 +1,7 @@
+"""mixsearch: hardware-aware multi-objective architecture search of compact vision models."""
+
+from .arch import MixerArch, MobileNetArch, arch_from_dict, arch_hash
+from .models import build_model
+
+__all__ = ["MixerArch", "MobileNetArch", "arch_from_dict", "arch_hash", "build_model"]
+__version__ = "0.1.0"

@@ -1,0 +1,324 @@
+"""The search loop: sampler, the objective of one trial, user attributes, resuming.
+
+One trial: sample an arch and a recipe → measure the static objectives → check constraints and
+duplicates (both cost no training) → train, asking the pruner after each epoch → evaluate on the
+test split → return the objective values. Everything a user needs later is stored on the trial
+as user attributes, so a study is self-describing in optuna-dashboard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from .arch import Arch, arch_hash
+from .data import Splits, dataset_info, load_splits
+from .errors import ArchError, MixsearchError, UsageError
+from .measure import StaticMetrics, measure_static
+from .models import build_model, inference_model
+from .pruning import MultiObjectivePruner, TrialView, make_pruner
+from .space import count_space
+from .spec import Spec
+from .storage import default_storage_url, mask_password, open_storage
+from .train import (DivergenceError, EpochResult, TrainRecipe, TrainResult, evaluate, resolve_device,
+                    train)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class Reporter:
+    """Progress hooks for a run; the CLI shows them with rich, tests may record them."""
+
+    def data_loaded(self, splits: Splits) -> None: ...
+    def study_opened(self, finished: int, target: int) -> None: ...
+    def trial_started(self, number: int, arch: Arch) -> None: ...
+    def epoch_done(self, number: int, result: EpochResult, epochs: int) -> None: ...
+    def trial_finished(self, trial: FrozenTrial) -> None: ...
+
+
+def make_sampler(spec: Spec, seed: int) -> optuna.samplers.BaseSampler:
+    name = spec.study.sampler
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=16)
+    if name == "nsga3":
+        return optuna.samplers.NSGAIIISampler(seed=seed, population_size=16)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.GridSampler(grid_search_space(spec), seed=seed)
+
+
+def grid_search_space(spec: Spec) -> dict[str, list[Any]]:
+    """Every parameter name the space can ask, with all its values, for ``GridSampler``."""
+    from .space import _EnumeratingTrial  # the same walker that counts the space
+
+    input_shape, num_classes = dataset_info(spec.data)
+    if count_space(spec.space, input_shape, num_classes) is None:
+        raise UsageError(f"{spec.source}: study.sampler: grid needs a space without continuous ranges (give a step)")
+    grid: dict[str, list[Any]] = {}
+    pending: list[dict[str, Any]] = [{}]
+    seen: set[tuple] = set()
+    while pending:
+        fixed = pending.pop()
+        trial = _EnumeratingTrial(fixed)
+        try:
+            spec.space.sample(trial, input_shape, num_classes)
+            spec.sample_recipe(trial)
+        except ArchError:
+            pass
+        for name in trial.order:
+            grid.setdefault(name, trial.options[name])
+            for value in trial.options[name]:
+                key = (name, value)
+                if key not in seen:
+                    seen.add(key)
+                    pending.append({**fixed, name: value})
+    return grid
+
+
+def _identity(arch: Arch, recipe: TrainRecipe) -> str:
+    """Arch hash plus recipe: the same arch trained another way is not a duplicate."""
+    recipe_text = json.dumps(recipe.to_dict(), sort_keys=True)
+    return arch_hash(arch) + "-" + hashlib.sha1(recipe_text.encode()).hexdigest()[:8]
+
+
+@dataclass
+class Objective:
+    """Callable for ``study.optimize``: one trial from sample to objective values."""
+
+    spec: Spec
+    splits: Splits
+    pruner: MultiObjectivePruner
+    seed: int
+    reporter: Reporter = field(default_factory=Reporter)
+    trainer: Callable[..., TrainResult] = train
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        spec = self.spec
+        try:
+            arch = spec.space.sample(trial, self.splits.input_shape, self.splits.num_classes)
+        except ArchError as exc:
+            self._prune(trial, f"impossible arch: {exc}", 0)
+        recipe = spec.sample_recipe(trial)
+        identity = _identity(arch, recipe)
+        trial.set_user_attr("arch", arch.to_dict())
+        trial.set_user_attr("arch_summary", arch.describe())
+        trial.set_user_attr("family", arch.family)
+        trial.set_user_attr("arch_hash", identity)
+        trial.set_user_attr("recipe", recipe.to_dict())
+        self.reporter.trial_started(trial.number, arch)
+
+        original = self._find_duplicate(trial, identity)
+        if original is not None:
+            return self._reuse(trial, original)
+
+        torch.manual_seed(self.seed + trial.number)
+        model = build_model(arch)
+        static = measure_static(model, inference_model(model), self.splits.input_shape, spec.measure,
+                                with_latency=True)
+        self._record_static(trial, static)
+        violations = self._check_constraints(trial, static)
+        if violations:
+            trial.set_user_attr("infeasible_reason", "; ".join(violations))
+            trial.set_user_attr("epochs_run", 0)
+            # The sampler learns from a complete trial marked infeasible; accuracy 0 keeps it
+            # off any front, and best_trials ignores infeasible trials anyway.
+            return self._values(0.0, static)
+
+        device = self.splits.train_x.device
+        model.to(device)
+        views = None
+
+        def on_epoch(result: EpochResult) -> bool:
+            nonlocal views
+            curve.append(result)
+            trial.set_user_attr("curve", [_epoch_dict(r) for r in curve])
+            self.reporter.epoch_done(trial.number, result, recipe.epochs)
+            if result.epoch >= recipe.epochs:
+                return False
+            if views is None:  # the finished trials do not change while one worker trains
+                views = self._finished_views(trial)
+            reason = self.pruner.prune_reason(
+                TrialView(trial.number, [r.val_accuracy for r in curve], self._static_objectives(static)),
+                views, recipe.epochs)
+            if reason:
+                trial.set_user_attr("pruned_reason", reason)
+            return bool(reason)
+
+        curve: list[EpochResult] = []
+        try:
+            result = self.trainer(model, self.splits, recipe, seed=self.seed + trial.number, on_epoch=on_epoch)
+        except DivergenceError as exc:
+            self._prune(trial, f"diverged: {exc}", exc.epoch, exc.partial)
+        self._record_training(trial, result)
+        if result.stopped_early:
+            self._prune(trial, trial.user_attrs.get("pruned_reason", "pruned"), result.epochs_run, result)
+        test_accuracy = evaluate(model, self.splits.test_x, self.splits.test_y)
+        trial.set_user_attr("test_accuracy", test_accuracy)
+        trial.set_user_attr("val_accuracy", result.val_accuracy)
+        return self._values(result.val_accuracy, static)
+
+    # -- pieces of one trial ---------------------------------------------------------------
+
+    def _values(self, accuracy: float, static: StaticMetrics) -> list[float]:
+        return [accuracy if name == "accuracy" else float(static.objective(name)) for name in self.spec.objectives]
+
+    def _static_objectives(self, static: StaticMetrics) -> dict[str, float]:
+        return {name: float(static.objective(name)) for name in self.spec.objectives if name != "accuracy"}
+
+    def _record_static(self, trial: optuna.Trial, static: StaticMetrics) -> None:
+        for key, value in static.to_dict().items():
+            trial.set_user_attr(key, value)
+
+    def _record_training(self, trial: optuna.Trial, result: TrainResult) -> None:
+        trial.set_user_attr("curve", [_epoch_dict(r) for r in result.curve])
+        trial.set_user_attr("epochs_run", result.epochs_run)
+        trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
+
+    def _check_constraints(self, trial: optuna.Trial, static: StaticMetrics) -> list[str]:
+        violations = []
+        for name, bound in self.spec.constraints.items():
+            value = float(static.objective(name))
+            # Relative violation: the sampler compares constraints of different units.
+            trial.set_constraint(name, (value - bound) / bound if bound else value)
+            if value > bound:
+                violations.append(f"{name} {value:g} > {bound:g}")
+        return violations
+
+    def _prune(self, trial: optuna.Trial, reason: str, epoch: int, result: TrainResult | None = None):
+        if result is not None:
+            self._record_training(trial, result)
+        trial.set_user_attr("pruned_reason", reason)
+        trial.set_user_attr("pruned_epoch", epoch)
+        raise optuna.TrialPruned(reason)
+
+    def _find_duplicate(self, trial: optuna.Trial, identity: str) -> FrozenTrial | None:
+        for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if other.user_attrs.get("arch_hash") == identity and "duplicate_of" not in other.user_attrs:
+                return other
+        return None
+
+    def _reuse(self, trial: optuna.Trial, original: FrozenTrial) -> list[float]:
+        """A repeat of a finished arch: copy its results, train nothing."""
+        trial.set_user_attr("duplicate_of", original.number)
+        for key, value in original.user_attrs.items():
+            if key not in trial.user_attrs and key not in ("train_seconds",):
+                trial.set_user_attr(key, value)
+        trial.set_user_attr("epochs_run", 0)
+        for key, value in original.constraints.items():
+            trial.set_constraint(key, value)
+        return list(original.values)
+
+    def _finished_views(self, trial: optuna.Trial) -> list[TrialView]:
+        views = []
+        for other in trial.study.get_trials(deepcopy=False, states=FINISHED):
+            curve = [e["val_accuracy"] for e in other.user_attrs.get("curve", [])]
+            if not curve or "duplicate_of" in other.user_attrs:
+                continue
+            static = {name: float(other.user_attrs[key]) for name, key in _STATIC_ATTRS.items()
+                      if name in self.spec.objectives and other.user_attrs.get(key) is not None}
+            views.append(TrialView(other.number, curve, static, finished=other.state == TrialState.COMPLETE))
+        return views
+
+
+_STATIC_ATTRS = {"params": "params", "flops": "flops", "latency": "latency_ms"}
+
+
+def _epoch_dict(result: EpochResult) -> dict[str, float]:
+    return {"epoch": result.epoch, "train_loss": round(result.train_loss, 5),
+            "val_accuracy": round(result.val_accuracy, 5), "seconds": round(result.seconds, 3)}
+
+
+@dataclass
+class RunSummary:
+    study: optuna.Study
+    storage_url: str
+    added: int
+    finished: int
+    seconds: float
+    data_source: str
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def open_study(spec: Spec, storage_url: str, seed: int, create: bool = True) -> optuna.Study:
+    """Create the study, or load it to resume; a study with other objectives is refused."""
+    storage = open_storage(storage_url, create=create)
+    shown = mask_password(storage_url)
+    try:
+        study = optuna.create_study(study_name=spec.study.name, storage=storage, sampler=make_sampler(spec, seed),
+                                    directions=spec.directions, load_if_exists=True)
+    except ValueError as exc:
+        raise UsageError(f"storage {shown}: study {spec.study.name!r} exists with other objectives ({exc})") from None
+    if study.metric_names is None:
+        study.set_metric_names(list(spec.objectives))
+        study.set_user_attr("spec_file", spec.source)
+        study.set_user_attr("spec", json.loads(json.dumps(spec.raw, default=str)))
+    elif list(study.metric_names) != list(spec.objectives):
+        raise UsageError(f"{spec.source}: objectives {list(spec.objectives)} differ from the existing study "
+                         f"{spec.study.name!r} in {shown} ({list(study.metric_names)}); use another study.name")
+    return study
+
+
+def run_study(spec: Spec, storage_url: str | None = None, trials: int | None = None,
+              timeout: float | None = None, seed: int | None = None,
+              reporter: Reporter | None = None) -> RunSummary:
+    """Run (or resume) the study until ``trials`` finished trials exist in total."""
+    reporter = reporter or Reporter()
+    storage_url = storage_url or spec.study.storage or default_storage_url(spec.study.name)
+    seed = spec.study.seed if seed is None else seed
+    target = trials or spec.study.trials
+    timeout = timeout if timeout is not None else spec.study.timeout
+    device = resolve_device(_fixed_device(spec))
+    # Load data before touching the storage: a missing data set must leave nothing behind.
+    splits = load_splits(spec.data, device=device)
+    reporter.data_loaded(splits)
+    study = open_study(spec, storage_url, seed)
+    pruner = make_pruner(spec.study.pruner, spec.study.pruner_settings)
+    objective = Objective(spec, splits, pruner, seed, reporter)
+    before = finished_count(study)
+    reporter.study_opened(before, target)
+    started = time.perf_counter()
+    remaining = target - before
+    if remaining > 0:
+        stop_at_target = optuna.study.MaxTrialsCallback(target, states=FINISHED)
+        study.optimize(objective, n_trials=remaining, timeout=timeout,
+                       callbacks=[stop_at_target, lambda s, t: reporter.trial_finished(t)],
+                       catch=())
+    return RunSummary(study, storage_url, finished_count(study) - before, finished_count(study),
+                      time.perf_counter() - started, splits.source)
+
+
+def _fixed_device(spec: Spec) -> str:
+    choice = spec.train["device"]
+    if not choice.is_fixed:
+        raise UsageError(f"{spec.source}: train.device cannot be searched (data lives on one device)")
+    return choice.extremes()[0]
+
+
+def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Pareto-optimal feasible complete trials, originals only (a duplicate repeats its original)."""
+    best = [t for t in study.best_trials if "duplicate_of" not in t.user_attrs
+            and "infeasible_reason" not in t.user_attrs]
+    return sorted(best, key=lambda t: t.values[0], reverse=study.directions[0] == optuna.study.StudyDirection.MAXIMIZE)
+
+
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts

@@ -1,0 +1,206 @@
+"""The trainer: epochs over tensor-resident data, one validation accuracy per epoch.
+
+The whole split already lives on the device as tensors (see ``data.py``), so a batch is an index
+into them: no DataLoader, no per-sample Python work. The caller gets a callback after each epoch
+and may stop training there (that is how pruning works in a multi-objective study, where Optuna's
+``trial.report`` is unavailable).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .choices import Rule
+from .data import Splits
+from .errors import MixsearchError
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("constant", "cosine", "onecycle")
+AUGMENTATIONS = ("none", "shift")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: float = 0.003
+    schedule: str = "cosine"
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    label_smoothing: float = 0.0
+    augmentation: str = "none"
+    shift_pixels: int = 2
+    device: str = "auto"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# What each ``train:`` field of a spec accepts; every one may be searched.
+TRAIN_RULES: dict[str, Rule] = {
+    "epochs": Rule(int, TrainRecipe.epochs, minimum=1, searchable=True),
+    "batch_size": Rule(int, TrainRecipe.batch_size, minimum=1, searchable=True),
+    "optimizer": Rule(str, TrainRecipe.optimizer, allowed=OPTIMIZERS, searchable=True),
+    "lr": Rule(float, TrainRecipe.lr, minimum=1e-12, searchable=True),
+    "schedule": Rule(str, TrainRecipe.schedule, allowed=SCHEDULES, searchable=True),
+    "weight_decay": Rule(float, TrainRecipe.weight_decay, minimum=0.0, searchable=True),
+    "momentum": Rule(float, TrainRecipe.momentum, minimum=0.0, maximum=1.0, searchable=True),
+    "label_smoothing": Rule(float, TrainRecipe.label_smoothing, minimum=0.0, maximum=0.99, searchable=True),
+    "augmentation": Rule(str, TrainRecipe.augmentation, allowed=AUGMENTATIONS, searchable=True),
+    "shift_pixels": Rule(int, TrainRecipe.shift_pixels, minimum=1, searchable=True),
+    "device": Rule(str, TrainRecipe.device, allowed=DEVICES, searchable=True),
+}
+
+
+@dataclass
+class EpochResult:
+    epoch: int  # 1-based
+    train_loss: float
+    val_accuracy: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    curve: list[EpochResult] = field(default_factory=list)
+    train_seconds: float = 0.0
+    stopped_early: bool = False
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.curve)
+
+    @property
+    def val_accuracy(self) -> float:
+        return self.curve[-1].val_accuracy if self.curve else 0.0
+
+
+class DivergenceError(MixsearchError):
+    """The loss became NaN or infinite; the trial cannot recover."""
+
+    def __init__(self, epoch: int, step: int, partial: TrainResult):
+        self.epoch = epoch
+        self.partial = partial
+        super().__init__(f"loss is not finite at epoch {epoch}, step {step}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MixsearchError("train.device is cuda but no CUDA device is available; use auto or cpu")
+    return torch.device(name)
+
+
+def _make_optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
+    params = list(model.parameters())
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
+                           weight_decay=recipe.weight_decay, nesterov=recipe.momentum > 0)
+
+
+def _make_schedule(optimizer: torch.optim.Optimizer, recipe: TrainRecipe, total_steps: int):
+    # Stepped once per batch, so the schedule shape does not depend on the batch count.
+    if recipe.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+    if recipe.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=max(total_steps, 1))
+    return None
+
+
+def random_shift(images: torch.Tensor, max_pixels: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate a whole batch by one random offset, filling the uncovered border with zeros.
+
+    One offset per batch keeps this a pair of tensor ops, with no per-sample loop.
+    """
+    dy, dx = (int(v) for v in torch.randint(-max_pixels, max_pixels + 1, (2,), generator=generator))
+    if dy == 0 and dx == 0:
+        return images
+    height, width = images.shape[-2:]
+    shifted = torch.zeros_like(images)
+    src_y = slice(max(0, -dy), height - max(0, dy))
+    dst_y = slice(max(0, dy), height - max(0, -dy))
+    src_x = slice(max(0, -dx), width - max(0, dx))
+    dst_x = slice(max(0, dx), width - max(0, -dx))
+    shifted[..., dst_y, dst_x] = images[..., src_y, src_x]
+    return shifted
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy of ``model`` in eval mode."""
+    if len(labels) == 0:
+        return 0.0
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=labels.device)
+    for start in range(0, len(labels), batch_size):
+        logits = model(images[start:start + batch_size])
+        correct += (logits.argmax(dim=1) == labels[start:start + batch_size]).sum()
+    model.train(was_training)
+    return correct.item() / len(labels)
+
+
+def train(
+    model: nn.Module,
+    splits: Splits,
+    recipe: TrainRecipe,
+    seed: int = 0,
+    on_epoch: Callable[[EpochResult], bool] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``splits`` (already on the training device).
+
+    ``on_epoch`` sees each epoch's result; returning True stops training (the result then says
+    ``stopped_early``). A non-finite loss raises ``DivergenceError`` carrying the curve so far.
+    """
+    device = splits.train_x.device
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    optimizer = _make_optimizer(model, recipe)
+    steps_per_epoch = math.ceil(len(splits.train_y) / recipe.batch_size)
+    schedule = _make_schedule(optimizer, recipe, steps_per_epoch * recipe.epochs)
+    # A finiteness check reads the loss back; on an accelerator that is a sync, so do it less often.
+    check_every = 1 if device.type == "cpu" else 16
+    result = TrainResult()
+    started = time.perf_counter()
+    for epoch in range(1, recipe.epochs + 1):
+        epoch_start = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(splits.train_y), generator=generator).to(device)
+        loss_sum = torch.zeros((), device=device)
+        for step in range(steps_per_epoch):
+            index = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+            images = splits.train_x[index]
+            if recipe.augmentation == "shift":
+                images = random_shift(images, recipe.shift_pixels, generator)
+            loss = F.cross_entropy(model(images), splits.train_y[index], label_smoothing=recipe.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+            loss_sum += loss.detach()
+            if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
+                if not torch.isfinite(loss_sum):
+                    result.train_seconds = time.perf_counter() - started
+                    raise DivergenceError(epoch, step + 1, result)
+        val_accuracy = evaluate(model, splits.val_x, splits.val_y)
+        epoch_result = EpochResult(epoch, loss_sum.item() / steps_per_epoch, val_accuracy,
+                                   time.perf_counter() - epoch_start)
+        result.curve.append(epoch_result)
+        result.train_seconds = time.perf_counter() - started
+        if on_epoch is not None and on_epoch(epoch_result):
+            result.stopped_early = True
+            break
+    return result
