@@ -71,7 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """Hide library chatter that says nothing to a user of this command."""
+    import logging
+    import warnings
+
+    # torch logs a CUDA_HOME notice when a CUDA toolkit is installed without a GPU driver.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    # Metric names and heartbeats are stable for our use; Optuna still labels them experimental.
+    warnings.filterwarnings("ignore", message=".*experimental.*", module="optuna")
+    warnings.filterwarnings("ignore", message=".*is experimental.*")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
     args = build_parser().parse_args(argv)
     handler = {"run": cmd_run, "validate": cmd_validate, "show": cmd_show}[args.command]
     try:

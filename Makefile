@@ -1,0 +1,27 @@
+# Two commands do all the set-up: `make run` (the default study) and `make test` (the test suite).
+# Both create the virtual environment .venv on first use and install the package into it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+
+.PHONY: setup run test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip >/dev/null
+	$(BIN)/python -m pip install -e '.[test,onnx]'
+	touch $@
+
+run: setup
+	$(BIN)/mixsearch run spaces/mnist.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/pruning.py
+
+clean:
+	rm -rf $(VENV) studies/*.db studies/*.log studies/artifacts exports
