@@ -36,7 +36,7 @@ STUDY_RULES: dict[str, Rule] = {
     "timeout": Rule(float, None, nullable=True, minimum=0.0),
     "seed": Rule(int, 0, minimum=0),
     "sampler": Rule(str, "tpe", allowed=SAMPLERS),
-    "pruner": Rule(object, "none"),  # a pruner name, or a mapping {type: NAME, setting: value...}
+    "pruner": Rule(object, "pareto"),  # a pruner name, or a mapping {type: NAME, setting: value...}
 }
 
 DATA_RULES: dict[str, Rule] = {

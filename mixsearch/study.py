@@ -103,7 +103,7 @@ class Objective:
     pruner: MultiObjectivePruner
     seed: int
     reporter: Reporter = field(default_factory=Reporter)
-    trainer: Callable[..., TrainResult] = train
+    trainer: Callable[..., TrainResult] | None = None  # None: the module's ``train``
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         spec = self.spec
@@ -159,7 +159,7 @@ class Objective:
 
         curve: list[EpochResult] = []
         try:
-            result = self.trainer(model, self.splits, recipe, seed=self.seed + trial.number, on_epoch=on_epoch)
+            result = (self.trainer or train)(model, self.splits, recipe, seed=self.seed + trial.number, on_epoch=on_epoch)
         except DivergenceError as exc:
             self._prune(trial, f"diverged: {exc}", exc.epoch, exc.partial)
         self._record_training(trial, result)
