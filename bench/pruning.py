@@ -1,0 +1,109 @@
+"""Does pruning pay? The same spec and seeds with each pruner, side by side in one run.
+
+    .venv/bin/python bench/pruning.py [--seeds 0 1 2] [--trials 16] [--epochs 6]
+
+For each pruner it prints epochs trained in total, wall time, trials complete/pruned and the
+hypervolume of the final front, each as a ratio to ``none`` (summed over seeds for counts and time,
+averaged over seeds for the hypervolume ratio).
+
+Hypervolume: objectives (validation error = 1 - accuracy, params / PARAMS_SCALE), both minimized;
+reference point (1, 1). PARAMS_SCALE is the largest corner arch of the space; a point outside
+the unit box adds no volume. Data: the bundled MNIST subset, so the bench runs offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna._hypervolume import compute_hypervolume
+from optuna.trial import TrialState
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mixsearch.spec import parse_spec  # noqa: E402
+from mixsearch.study import run_study  # noqa: E402
+
+PRUNERS = ["none", "median", "moasha", "pareto"]
+
+
+def bench_spec(pruner: str, seed: int, trials: int, epochs: int):
+    return parse_spec({
+        "study": {"name": f"bench-{pruner}-{seed}", "trials": trials, "seed": seed, "sampler": "random",
+                  "pruner": pruner},
+        "data": {"source": "bundled", "train_size": 2000, "val_size": 1000, "test_size": 500},
+        "train": {"epochs": epochs, "batch_size": 64, "lr": 0.005},
+        "objectives": ["accuracy", "params"],
+        "measure": {"latency_min_time": 0.01},
+        "space": {"family": "mixer", "layers": [1, 2, 3], "channels": [8, 16, 32], "token_hidden": [16, 32],
+                  "channel_hidden": [16, 64], "patch_size": [4, 7], "dilation": [1, 2],
+                  "sharing": {"mode": ["none", "all"]}},
+    }, "bench/pruning.py")
+
+
+def largest_params(spec) -> int:
+    from mixsearch.data import dataset_info
+    from mixsearch.measure import count_params
+    from mixsearch.models import build_model
+    from mixsearch.space import corner_archs
+
+    shape, classes = dataset_info(spec.data)
+    return max(count_params(build_model(c.arch)) for c in corner_archs(spec.space, shape, classes) if c.arch)
+
+
+def measure(pruner: str, seed: int, trials: int, epochs: int, workdir: Path, scale: int) -> dict:
+    spec = bench_spec(pruner, seed, trials, epochs)
+    url = f"sqlite:///{workdir / f'{pruner}-{seed}.db'}"
+    started = time.perf_counter()
+    summary = run_study(spec, storage_url=url)
+    seconds = time.perf_counter() - started
+    all_trials = summary.study.get_trials(deepcopy=False)
+    complete = [t for t in all_trials if t.state == TrialState.COMPLETE]
+    # A point outside the reference box adds no volume; clipping it to the box says the same.
+    points = np.minimum(np.array([[1 - t.values[0], t.values[1] / scale] for t in complete]), 1.0)
+    return {
+        "epochs": sum(t.user_attrs.get("epochs_run", 0) for t in all_trials),
+        "seconds": seconds,
+        "complete": len(complete),
+        "pruned": sum(t.state == TrialState.PRUNED for t in all_trials),
+        "hypervolume": compute_hypervolume(points, np.array([1.0, 1.0])) if len(points) else 0.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=6)
+    args = parser.parse_args()
+    scale = largest_params(bench_spec("none", 0, args.trials, args.epochs))
+    results: dict[str, list[dict]] = {p: [] for p in PRUNERS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            for pruner in PRUNERS:
+                results[pruner].append(measure(pruner, seed, args.trials, args.epochs, Path(tmp), scale))
+                r = results[pruner][-1]
+                print(f"seed {seed} {pruner:<7} epochs {r['epochs']:>4} time {r['seconds']:7.1f}s "
+                      f"complete {r['complete']:>3} pruned {r['pruned']:>3} HV {r['hypervolume']:.4f}", flush=True)
+    base = results["none"]
+    print(f"\nratios to none over seeds {args.seeds} ({args.trials} trials, {args.epochs} epochs, "
+          f"params scale {scale:,}):")
+    print("| pruner | epochs | wall time | complete / pruned | hypervolume (mean ratio, min ratio) |")
+    print("| --- | --- | --- | --- | --- |")
+    for pruner in PRUNERS:
+        runs = results[pruner]
+        epochs = sum(r["epochs"] for r in runs) / sum(r["epochs"] for r in base)
+        seconds = sum(r["seconds"] for r in runs) / sum(r["seconds"] for r in base)
+        hv = [r["hypervolume"] / b["hypervolume"] for r, b in zip(runs, base)]
+        print(f"| {pruner} | {epochs:.2f} | {seconds:.2f} | {sum(r['complete'] for r in runs)} / "
+              f"{sum(r['pruned'] for r in runs)} | {np.mean(hv):.3f}, {min(hv):.3f} |")
+
+
+if __name__ == "__main__":
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    main()
