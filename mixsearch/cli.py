@@ -7,7 +7,11 @@ Every user-facing failure is a ``MixsearchError``: it prints as one ``error:`` l
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -41,8 +45,15 @@ _seconds = _number(float, 0, inclusive=False, noun="seconds > 0")
 _seed = _number(int, 0)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its complaint on one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mixsearch", description="Hardware-aware multi-objective "
+    parser = _Parser(prog="mixsearch", description="Hardware-aware multi-objective "
                                      "architecture search of compact vision models (MLP-Mixer, MobileNet).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -52,6 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trials", type=_positive_int, help="finished trials wanted in total (default: study.trials)")
     run.add_argument("--timeout", type=_seconds, help="stop starting new trials after this many seconds")
     run.add_argument("--seed", type=_seed, help="sampler and training seed (default: study.seed)")
+    run.add_argument("--jobs", type=_positive_int, default=1,
+                     help="worker processes on this machine (default 1); with the default storage, "
+                          "several use the journal file studies/<name>.log")
+
+    worker = commands.add_parser("worker", help="join a study as one more worker (e.g. on another machine)")
+    worker.add_argument("spec", help="the same spec YAML file the other workers use")
+    worker.add_argument("--storage", help="the shared storage URL, e.g. postgresql://user:pass@host/db")
+    worker.add_argument("--trials", type=_positive_int, help="finished trials wanted in total (default: study.trials)")
+    worker.add_argument("--timeout", type=_seconds, help="stop starting new trials after this many seconds")
+    worker.add_argument("--seed", type=_seed, help="training seed (default: study.seed)")
+    worker.add_argument("--index", type=_seed, help="worker number: sampler seed = seed + index "
+                        "(default: a random sampler seed, so that workers explore differently)")
+    worker.add_argument("--threads", type=_positive_int, help="torch CPU threads for this worker")
 
     validate = commands.add_parser("validate", help="check a spec and build the archs at its extremes")
     validate.add_argument("spec")
@@ -77,12 +101,15 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     args = build_parser().parse_args(argv)
-    handler = {"run": cmd_run, "validate": cmd_validate, "show": cmd_show}[args.command]
+    handler = {"run": cmd_run, "worker": cmd_worker, "validate": cmd_validate, "show": cmd_show}[args.command]
     try:
         return handler(args) or 0
     except MixsearchError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return exc.exit_code
+    except KeyboardInterrupt:
+        err_console.print("interrupted", highlight=False)
+        return 130
 
 
 # -- run -------------------------------------------------------------------------------------
@@ -130,6 +157,37 @@ def _trial_note(trial) -> str:
     return attrs.get("arch_summary", "")
 
 
+class _FirstInterrupt:
+    """Ctrl-C once: the running trial fails as "interrupted" and the summary prints. Twice: quit now."""
+
+    def __init__(self):
+        self.previous = None
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+def _run_storage(args, spec, jobs: int) -> tuple[str, str | None]:
+    from .storage import default_run_storage
+
+    if args.storage or spec.study.storage:
+        return args.storage or spec.study.storage, None
+    return default_run_storage(spec.study.name, jobs)
+
+
 def cmd_run(args) -> int:
     from .spec import load_spec
     from .study import finished_count, run_study
@@ -137,6 +195,8 @@ def cmd_run(args) -> int:
 
     spec = load_spec(args.spec)
     _require_buildable(spec)
+    if args.jobs > 1:
+        return _run_jobs(args, spec)
     target = args.trials or spec.study.trials
     epochs = max(spec.train["epochs"].extremes())
     columns = [TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -144,15 +204,114 @@ def cmd_run(args) -> int:
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("trials", total=target, status="loading data")
         reporter = RichReporter(progress, task, epochs)
-        url = args.storage or spec.study.storage or default_storage_url(spec.study.name)
+        url, _ = _run_storage(args, spec, 1)
         progress.console.print(f"study {spec.study.name} in {mask_password(url)}", highlight=False)
-        summary = run_study(spec, storage_url=url, trials=args.trials, timeout=args.timeout,
-                            seed=args.seed, reporter=reporter)
-        progress.update(task, status="done")
+        with _FirstInterrupt():
+            summary = run_study(spec, storage_url=url, trials=args.trials, timeout=args.timeout,
+                                seed=args.seed, reporter=reporter)
+            progress.update(task, status="interrupted" if summary.interrupted else "done")
     console.print(f"{summary.added} trials added in {summary.seconds:.0f} s; "
                   f"{summary.finished} finished of {target} wanted.", highlight=False)
     _print_front(summary.study, mask_password(summary.storage_url))
+    if summary.interrupted:
+        err_console.print("interrupted: the running trial is marked failed; run the same command to resume",
+                          highlight=False)
+        return 130
     return 0
+
+
+def cmd_worker(args) -> int:
+    """One more worker on a shared study: trial lines, no progress bar, no Pareto table."""
+    import secrets
+
+    import torch
+
+    from .spec import load_spec
+    from .storage import mask_password
+    from .study import run_study
+
+    spec = load_spec(args.spec)
+    _require_buildable(spec)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    url, _ = _run_storage(args, spec, 2)
+    seed = spec.study.seed if args.seed is None else args.seed
+    sampler_seed = seed + args.index if args.index is not None else secrets.randbelow(2**31)
+    name = f"worker {args.index}" if args.index is not None else "worker"
+    with _FirstInterrupt():
+        summary = run_study(spec, storage_url=url, trials=args.trials, timeout=args.timeout, seed=args.seed,
+                            reporter=_LineReporter(name), sampler_seed=sampler_seed)
+    print(f"{name}: {summary.added} trials added in {summary.seconds:.0f} s; {summary.finished} finished "
+          f"in {mask_password(url)}", flush=True)
+    return 130 if summary.interrupted else 0
+
+
+class _LineReporter:
+    """Plain lines, one per finished trial: several workers can share a terminal."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def data_loaded(self, splits): ...
+    def study_opened(self, finished, target): ...
+    def trial_started(self, number, arch): ...
+    def epoch_done(self, number, result, epochs): ...
+
+    def trial_finished(self, trial):
+        values = ", ".join(f"{v:.4g}" for v in trial.values) if trial.values else "-"
+        print(f"{self.name}: trial {trial.number:>3} {trial.state.name.lower():<8} {values}  {_trial_note(trial)}",
+              flush=True)
+
+
+def _run_jobs(args, spec) -> int:
+    """``run --jobs N``: N ``mixsearch worker`` processes on one study, CPU threads split between them."""
+    from .storage import load_study, mask_password, open_storage
+
+    url, note = _run_storage(args, spec, args.jobs)
+    shown = mask_password(url)
+    threads = max(1, len(os.sched_getaffinity(0)) // args.jobs)
+    console.print(f"study {spec.study.name} in {shown}; {args.jobs} workers, {threads} torch threads each"
+                  + (f" ({note})" if note else ""), highlight=False)
+    command = [sys.executable, "-m", "mixsearch", "worker", args.spec, "--storage", url, "--threads", str(threads)]
+    for flag, value in (("--trials", args.trials), ("--timeout", args.timeout), ("--seed", args.seed)):
+        if value is not None:
+            command += [flag, str(value)]
+    # The first worker creates the study; the others join it once it exists.
+    workers = [subprocess.Popen(command + ["--index", "0"])]
+    storage = open_storage(url)
+    while workers[0].poll() is None and spec.study.name not in _names(storage):
+        time.sleep(0.2)
+    if workers[0].poll() is None or spec.study.name in _names(storage):
+        workers += [subprocess.Popen(command + ["--index", str(i)]) for i in range(1, args.jobs)]
+    interrupted = False
+    while True:
+        try:
+            codes = [w.wait() for w in workers]
+            break
+        except KeyboardInterrupt:  # the terminal sends Ctrl-C to the workers too; make sure they get it
+            if interrupted:
+                for w in workers:
+                    w.kill()
+                os._exit(130)
+            interrupted = True
+            for w in workers:
+                if w.poll() is None:
+                    w.send_signal(signal.SIGINT)
+    failed = [c for c in codes if c not in (0, 130)]
+    if spec.study.name in _names(storage):
+        _print_front(load_study(storage, spec.study.name, shown), shown)
+    if failed:
+        raise MixsearchError(f"{len(failed)} of {args.jobs} workers failed (exit codes {failed}); see their output above")
+    if interrupted or 130 in codes:
+        err_console.print("interrupted: running trials are marked failed; run the same command to resume",
+                          highlight=False)
+        return 130
+    return 0
+
+
+def _names(storage) -> list[str]:
+    from .storage import study_names
+    return study_names(storage)
 
 
 def _require_buildable(spec) -> None:
@@ -226,7 +385,8 @@ def resolve_target(target: str, study_name: str | None) -> tuple[str, str | None
     if target.endswith((".yaml", ".yml")):
         from .spec import load_spec
         spec = load_spec(target)
-        return spec.study.storage or default_storage_url(spec.study.name), study_name or spec.study.name
+        from .storage import default_run_storage
+        return spec.study.storage or default_run_storage(spec.study.name)[0], study_name or spec.study.name
     if "://" not in target and not target.startswith("journal:") and not Path(target).exists():
         raise UsageError(f"{target}: no such file; give a spec YAML, a .db file or a storage URL")
     return normalize_url(target), study_name

@@ -8,6 +8,8 @@ trial forever.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 from pathlib import Path
@@ -18,6 +20,19 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from .errors import MixsearchError, UsageError
 
+
+
+def _env_seconds(name: str, default: int) -> int:
+    text = os.environ.get(name, "")
+    try:
+        return max(1, int(text)) if text else default
+    except ValueError:
+        raise UsageError(f"environment variable {name}: expected whole seconds, got {text!r}") from None
+
+
+# A live worker writes a heartbeat every HEARTBEAT_SECONDS; a RUNNING trial without one for
+# GRACE_SECONDS is failed (and retried) by the next worker that starts a trial.
+# Tests shorten both with MIXSEARCH_HEARTBEAT_INTERVAL and MIXSEARCH_HEARTBEAT_GRACE.
 HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 30
 JOURNAL_SUFFIXES = (".log", ".jsonl", ".journal")
@@ -72,8 +87,10 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
     if not scheme:
         raise UsageError(f"storage {shown}: not a storage URL; use sqlite:///PATH.db, postgresql://..., "
                          "mysql://... or journal:PATH")
+    interval = _env_seconds("MIXSEARCH_HEARTBEAT_INTERVAL", HEARTBEAT_SECONDS)
+    grace = _env_seconds("MIXSEARCH_HEARTBEAT_GRACE", GRACE_SECONDS)
     try:
-        return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+        return RDBStorage(url, heartbeat_interval=interval, grace_period=max(grace, interval),
                           engine_kwargs=_engine_kwargs(url))
     except ImportError as exc:
         raise UsageError(f"storage {shown}: the database driver is not installed ({exc.name or exc})") from None
@@ -122,3 +139,77 @@ def load_study(storage: optuna.storages.BaseStorage, name: str | None, shown_url
     elif name not in names:
         raise UsageError(f"--study: no study named {name!r} in {shown_url}; it holds: {', '.join(names) or 'none'}")
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def journal_path(url: str) -> Path | None:
+    return Path(url[len("journal:"):]) if url.startswith("journal:") else None
+
+
+def default_run_storage(study_name: str, jobs: int = 1, directory: str | Path = "studies") -> tuple[str, str | None]:
+    """The storage a run uses when neither the command line nor the spec names one.
+
+    One process: SQLite. Several processes on this machine: an Optuna journal file, because
+    SQLite serializes every write and Optuna advises against it for parallel work. A study that
+    already exists in one of the two stays there. Returns the URL and a note for the user.
+    """
+    sqlite_url = default_storage_url(study_name, directory)
+    journal = Path(directory) / (study_name + ".log")
+    sqlite_file = sqlite_path(sqlite_url)
+    if journal.is_file() and not sqlite_file.is_file():
+        return f"journal:{journal}", None
+    if jobs > 1 and not sqlite_file.is_file():
+        return f"journal:{journal}", f"{jobs} workers share the study through the journal file {journal}"
+    if jobs > 1:
+        return sqlite_url, f"{sqlite_file} exists, so its workers share SQLite (writes wait for each other)"
+    return sqlite_url, None
+
+
+class TrialSlotLock:
+    """Held from "are more trials needed?" until the new trial is RUNNING.
+
+    With it, workers never start more trials than the study asks for. Files (SQLite, journal)
+    lock their directory with flock, PostgreSQL and MySQL take a named database lock; other
+    storages run without one and may overshoot by a trial when workers finish together.
+    """
+
+    def __init__(self, storage: optuna.storages.BaseStorage, url: str, study_name: str):
+        self.storage = storage
+        self.url = url
+        self.key = study_name
+        self._release = None
+
+    def acquire(self) -> None:
+        if self._release is not None:
+            return
+        path = sqlite_path(self.url) or journal_path(self.url)
+        if path is not None:
+            fd = os.open(path.parent if str(path.parent) else ".", os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+
+            def release() -> None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+            self._release = release
+        elif isinstance(self.storage, RDBStorage) and self.url.startswith(("postgresql", "mysql")):
+            from sqlalchemy import text
+
+            connection = self.storage.engine.connect()
+            if self.url.startswith("postgresql"):
+                connection.execute(text("SELECT pg_advisory_lock(hashtext(:k))"), {"k": "mixsearch:" + self.key})
+                unlock = text("SELECT pg_advisory_unlock(hashtext(:k))")
+            else:
+                connection.execute(text("SELECT GET_LOCK(:k, -1)"), {"k": "mixsearch:" + self.key})
+                unlock = text("SELECT RELEASE_LOCK(:k)")
+
+            def release() -> None:
+                with contextlib.suppress(Exception):
+                    connection.execute(unlock, {"k": "mixsearch:" + self.key})
+                connection.close()
+            self._release = release
+        else:
+            self._release = lambda: None
+
+    def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()

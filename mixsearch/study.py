@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -26,11 +28,13 @@ from .models import build_model, inference_model
 from .pruning import MultiObjectivePruner, TrialView, make_pruner
 from .space import count_space
 from .spec import Spec
-from .storage import default_storage_url, mask_password, open_storage
+from .storage import TrialSlotLock, default_storage_url, mask_password, open_storage
 from .train import (DivergenceError, EpochResult, TrainRecipe, TrainResult, evaluate, resolve_device,
                     train)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+MAX_RETRIES = 3  # a trial whose params failed this often is not queued again
+POLL_SECONDS = 2.0  # how often a worker with nothing to start looks at the others' trials
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -104,8 +108,33 @@ class Objective:
     seed: int
     reporter: Reporter = field(default_factory=Reporter)
     trainer: Callable[..., TrainResult] | None = None  # None: the module's ``train``
+    on_start: Callable[[optuna.Trial], None] | None = None  # first thing once the trial is RUNNING
+    current: int | None = None  # trial id of the trial this process runs now
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
+        self.current = trial._trial_id
+        trial.set_user_attr("worker", worker_name())
+        if self.on_start is not None:
+            self.on_start(trial)
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt:
+            trial.set_user_attr("reason", "interrupted")  # Optuna then marks the trial FAIL
+            raise
+
+    def fail_current(self, study: optuna.Study, reason: str) -> None:
+        """Mark this process's trial FAIL if an interrupt left it RUNNING (outside the objective)."""
+        if self.current is None:
+            return
+        storage = study._storage
+        try:
+            if storage.get_trial(self.current).state == TrialState.RUNNING:
+                storage.set_trial_user_attr(self.current, "reason", reason)
+                storage.set_trial_state_values(self.current, TrialState.FAIL)
+        except Exception:  # another worker may have failed it as stale meanwhile
+            pass
+
+    def _run(self, trial: optuna.Trial) -> list[float]:
         spec = self.spec
         try:
             arch = spec.space.sample(trial, self.splits.input_shape, self.splits.num_classes)
@@ -249,6 +278,7 @@ class RunSummary:
     finished: int
     seconds: float
     data_source: str
+    interrupted: bool = False
 
 
 def finished_count(study: optuna.Study) -> int:
@@ -274,10 +304,68 @@ def open_study(spec: Spec, storage_url: str, seed: int, create: bool = True) -> 
     return study
 
 
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _process_gone(pid: int) -> bool:
+    if pid == os.getpid():  # a RUNNING trial of "this" pid while none runs here: an earlier process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def recover_trials(study: optuna.Study) -> list[int]:
+    """Fail the trials of dead workers, then queue the params of failed trials again.
+
+    RDB storages find dead workers by their missing heartbeat; a worker on this machine is also
+    found by its process id (the journal storage has no heartbeat). A failed trial is queued
+    once; a trial that failed ``MAX_RETRIES`` times in a row is left alone. Returns the numbers
+    of the trials queued again.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optuna.storages.fail_stale_trials(study)
+    storage = study._storage
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        where, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if where == host and pid.isdigit() and _process_gone(int(pid)):
+            try:
+                storage.set_trial_user_attr(trial._trial_id, "reason", "worker died")
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            except Exception:  # finished meanwhile, or failed by another worker
+                pass
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    queued = []
+    for trial in trials:
+        retries = trial.user_attrs.get("retries", 0)
+        if trial.state != TrialState.FAIL or trial.number in retried or not trial.params or retries >= MAX_RETRIES:
+            continue
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "retries": retries + 1})
+        queued.append(trial.number)
+    return queued
+
+
 def run_study(spec: Spec, storage_url: str | None = None, trials: int | None = None,
               timeout: float | None = None, seed: int | None = None,
-              reporter: Reporter | None = None) -> RunSummary:
-    """Run (or resume) the study until ``trials`` finished trials exist in total."""
+              reporter: Reporter | None = None, sampler_seed: int | None = None) -> RunSummary:
+    """Run (or resume) the study until ``trials`` finished trials exist in total.
+
+    Several processes may run this on one study at once (``--jobs``, ``mixsearch worker``): each
+    starts a trial only while finished plus running trials fall short of ``trials``, then waits
+    for the others, so the study ends with exactly ``trials`` finished trials. Trials of dead
+    workers are failed and their params tried again first. Ctrl-C fails the running trial with
+    reason "interrupted" and returns a summary with ``interrupted`` set.
+    """
     reporter = reporter or Reporter()
     storage_url = storage_url or spec.study.storage or default_storage_url(spec.study.name)
     seed = spec.study.seed if seed is None else seed
@@ -287,20 +375,37 @@ def run_study(spec: Spec, storage_url: str | None = None, trials: int | None = N
     # Load data before touching the storage: a missing data set must leave nothing behind.
     splits = load_splits(spec.data, device=device)
     reporter.data_loaded(splits)
-    study = open_study(spec, storage_url, seed)
+    study = open_study(spec, storage_url, seed if sampler_seed is None else sampler_seed)
     pruner = make_pruner(spec.study.pruner, spec.study.pruner_settings)
-    objective = Objective(spec, splits, pruner, seed, reporter)
+    lock = TrialSlotLock(study._storage, storage_url, spec.study.name)
+    objective = Objective(spec, splits, pruner, seed, reporter, on_start=lambda trial: lock.release())
     before = finished_count(study)
     reporter.study_opened(before, target)
     started = time.perf_counter()
-    remaining = target - before
-    if remaining > 0:
-        stop_at_target = optuna.study.MaxTrialsCallback(target, states=FINISHED)
-        study.optimize(objective, n_trials=remaining, timeout=timeout,
-                       callbacks=[stop_at_target, lambda s, t: reporter.trial_finished(t)],
-                       catch=())
+    interrupted = False
+    try:
+        while timeout is None or time.perf_counter() - started < timeout:
+            lock.acquire()
+            try:
+                recover_trials(study)
+                finished = finished_count(study)
+                if finished >= target:
+                    break
+                running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+                if finished + running >= target:  # enough trials under way; one may still fail
+                    lock.release()
+                    time.sleep(POLL_SECONDS)
+                    continue
+                study.optimize(objective, n_trials=1, callbacks=[lambda s, t: reporter.trial_finished(t)], catch=())
+            finally:
+                lock.release()
+            if study._stop_flag:  # the grid sampler has run every point
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+        objective.fail_current(study, "interrupted")
     return RunSummary(study, storage_url, finished_count(study) - before, finished_count(study),
-                      time.perf_counter() - started, splits.source)
+                      time.perf_counter() - started, splits.source, interrupted)
 
 
 def _fixed_device(spec: Spec) -> str:
