@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 import time
@@ -38,6 +39,9 @@ POLL_SECONDS = 2.0  # how often a worker with nothing to start looks at the othe
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+# Optuna logs every failed trial with its traceback; ours say why in user attrs (an interrupt, a
+# dead worker), and a real error propagates out of run_study with its traceback anyway.
+logging.getLogger("optuna.study._optimize").setLevel(logging.ERROR)
 
 class Reporter:
     """Progress hooks for a run; the CLI shows them with rich, tests may record them."""
@@ -243,7 +247,7 @@ class Objective:
         """A repeat of a finished arch: copy its results, train nothing."""
         trial.set_user_attr("duplicate_of", original.number)
         for key, value in original.user_attrs.items():
-            if key not in trial.user_attrs and key not in ("train_seconds",):
+            if key not in trial.user_attrs and key not in ("train_seconds", "retry_of", "retries", "reason"):
                 trial.set_user_attr(key, value)
         trial.set_user_attr("epochs_run", 0)
         for key, value in original.constraints.items():
