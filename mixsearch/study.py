@@ -349,6 +349,9 @@ def recover_trials(study: optuna.Study) -> list[int]:
                 pass
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
+    with warnings.catch_warnings():  # then the trials of workers elsewhere whose heartbeat stopped
+        warnings.simplefilter("ignore")
+        optuna.storages.fail_stale_trials(study)
     queued = []
     for trial in trials:
         retries = trial.user_attrs.get("retries", 0)
