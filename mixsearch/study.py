@@ -334,9 +334,6 @@ def recover_trials(study: optuna.Study) -> list[int]:
     """
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        optuna.storages.fail_stale_trials(study)
     storage = study._storage
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
