@@ -1,0 +1,45 @@
+"""``mixsearch run --jobs N``: several worker processes on one study, on this machine."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import TrialState
+
+from conftest import run_cli
+
+
+def test_three_workers_reach_exactly_the_requested_trials(tmp_path, write_spec):
+    spec = write_spec(study={"sampler": "random"}, train={"epochs": 1})
+    result = run_cli(["run", spec, "--jobs", "3", "--trials", "12"], tmp_path, timeout=85)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "error" not in result.stderr.lower()
+    # The default SQLite file is swapped for a journal file, and the run says so.
+    journal = tmp_path / "studies" / "tiny.log"
+    assert journal.is_file() and not (tmp_path / "studies" / "tiny.db").exists()
+    assert "3 workers share the study through the journal file" in result.stdout
+    assert "Pareto front of tiny" in result.stdout
+
+    study = optuna.load_study(study_name="tiny", storage=JournalStorage(JournalFileBackend(str(journal))))
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == 12
+    assert sorted(t.number for t in study.trials) == list(range(12))  # no gap, nothing extra
+    # All three workers did work, each under its own process.
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 3
+    assert sum(line.startswith("worker ") and " trial " in line for line in result.stdout.splitlines()) == 12
+
+    # `show` finds the journal from the spec alone.
+    shown = run_cli(["show", spec], tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "12 complete" in shown.stdout
+
+
+def test_workers_resume_a_study_and_stop_at_the_target(tmp_path, write_spec):
+    spec = write_spec(train={"epochs": 1})
+    assert run_cli(["run", spec, "--jobs", "2", "--trials", "3"], tmp_path, timeout=60).returncode == 0
+    again = run_cli(["run", spec, "--jobs", "2", "--trials", "5"], tmp_path, timeout=60)
+    assert again.returncode == 0, again.stderr
+    study = optuna.load_study(study_name="tiny", storage=JournalStorage(
+        JournalFileBackend(str(tmp_path / "studies" / "tiny.log"))))
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 5
+    assert sorted(t.number for t in study.trials) == list(range(5))
