@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--index", type=_seed, help="worker number: sampler seed = seed + index "
                         "(default: a random sampler seed, so that workers explore differently)")
     worker.add_argument("--threads", type=_positive_int, help="torch CPU threads for this worker")
+    for command in (run, worker):
+        command.add_argument("--artifacts", metavar="DIR", help="artifact store directory for trained trials' files "
+                             "(default: artifacts/<name>/ beside a SQLite or journal file, else studies/artifacts)")
 
     validate = commands.add_parser("validate", help="check a spec and build the archs at its extremes")
     validate.add_argument("spec")
@@ -83,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", help="the Pareto front and trial counts of a study")
     show.add_argument("target", help="a spec YAML file, a storage URL, or a .db file")
     show.add_argument("--study", help="study name (needed when the storage holds several)")
+    _add_takeaway_commands(commands)
     return parser
 
 
@@ -101,7 +105,9 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     args = build_parser().parse_args(argv)
-    handler = {"run": cmd_run, "worker": cmd_worker, "validate": cmd_validate, "show": cmd_show}[args.command]
+    handler = {"run": cmd_run, "worker": cmd_worker, "validate": cmd_validate, "show": cmd_show,
+               "dashboard": cmd_dashboard, "export": cmd_export, "train": cmd_train,
+               "evaluate": cmd_evaluate}[args.command]
     try:
         return handler(args) or 0
     except MixsearchError as exc:
@@ -208,7 +214,7 @@ def cmd_run(args) -> int:
         progress.console.print(f"study {spec.study.name} in {mask_password(url)}", highlight=False)
         with _FirstInterrupt():
             summary = run_study(spec, storage_url=url, trials=args.trials, timeout=args.timeout,
-                                seed=args.seed, reporter=reporter)
+                                seed=args.seed, reporter=reporter, artifacts=args.artifacts)
             progress.update(task, status="interrupted" if summary.interrupted else "done")
     console.print(f"{summary.added} trials added in {summary.seconds:.0f} s; "
                   f"{summary.finished} finished of {target} wanted.", highlight=False)
@@ -240,7 +246,7 @@ def cmd_worker(args) -> int:
     name = f"worker {args.index}" if args.index is not None else "worker"
     with _FirstInterrupt():
         summary = run_study(spec, storage_url=url, trials=args.trials, timeout=args.timeout, seed=args.seed,
-                            reporter=_LineReporter(name), sampler_seed=sampler_seed)
+                            reporter=_LineReporter(name), sampler_seed=sampler_seed, artifacts=args.artifacts)
     print(f"{name}: {summary.added} trials added in {summary.seconds:.0f} s; {summary.finished} finished "
           f"in {mask_password(url)}", flush=True)
     return 130 if summary.interrupted else 0
@@ -273,7 +279,8 @@ def _run_jobs(args, spec) -> int:
     console.print(f"study {spec.study.name} in {shown}; {args.jobs} workers, {threads} torch threads each"
                   + (f" ({note})" if note else ""), highlight=False)
     command = [sys.executable, "-m", "mixsearch", "worker", args.spec, "--storage", url, "--threads", str(threads)]
-    for flag, value in (("--trials", args.trials), ("--timeout", args.timeout), ("--seed", args.seed)):
+    for flag, value in (("--trials", args.trials), ("--timeout", args.timeout), ("--seed", args.seed),
+                        ("--artifacts", args.artifacts)):
         if value is not None:
             command += [flag, str(value)]
     # The first worker creates the study; the others join it once it exists.
@@ -413,7 +420,9 @@ def _print_front(study, shown_url: str) -> None:
     counts = state_counts(study)
     console.print("trials: " + (", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "none"),
                   highlight=False)
-    console.print(f"browse it: optuna-dashboard {shown_url}", highlight=False)
+    target = shown_url[len("sqlite:///"):] if shown_url.startswith("sqlite:///") else shown_url
+    console.print(f"browse it: mixsearch dashboard {target} --study {study.study_name}", highlight=False)
+    console.print(f"take archs away: mixsearch export {target} --study {study.study_name}", highlight=False)
 
 
 def _format_value(name: str, value: float) -> str:
@@ -422,6 +431,128 @@ def _format_value(name: str, value: float) -> str:
     if name == "latency":
         return f"{value:.3f} ms"
     return f"{int(value):,}"
+
+
+# -- dashboard, export, train, evaluate: taking archs away from a study ---------------------------
+
+def _add_takeaway_commands(commands) -> None:
+    dashboard = commands.add_parser("dashboard", help="browse a study in optuna-dashboard, with its artifacts")
+    dashboard.add_argument("target", help="a spec YAML file, a storage URL, or a .db file")
+    dashboard.add_argument("--study", help="study name (opens its page; default: the only study of the storage)")
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    dashboard.add_argument("--port", type=_number(int, 1), default=8080, help="port (default 8080)")
+    dashboard.add_argument("--artifacts", metavar="DIR", help="artifact store directory (default: the study's)")
+
+    export = commands.add_parser("export", help="write chosen trials as YAML files with their trained weights")
+    export.add_argument("target", help="a spec YAML file, a storage URL, or a .db file")
+    export.add_argument("--study", help="study name (needed when the storage holds several)")
+    pick = export.add_mutually_exclusive_group()
+    pick.add_argument("--pareto", action="store_true", help="the Pareto-optimal trials (the default)")
+    pick.add_argument("--trial", type=_seed, nargs="+", metavar="N", help="these trial numbers")
+    pick.add_argument("--top", type=_positive_int, metavar="K", help="the best K trials by --by")
+    export.add_argument("--by", metavar="METRIC", help="metric for --top: an objective or test_accuracy "
+                        "(default: the first objective)")
+    export.add_argument("-o", "--output", metavar="DIR", help="output directory (default: exports/<study>)")
+    export.add_argument("--onnx", action="store_true", help="also write the inference form as ONNX")
+    export.add_argument("--artifacts", metavar="DIR", help="artifact store directory (default: the study's)")
+
+    train = commands.add_parser("train", help="retrain an exported arch from scratch with its recorded recipe")
+    train.add_argument("exported", help="an exported YAML file (see mixsearch export)")
+    train.add_argument("--epochs", type=_positive_int, help="epochs (default: the recorded recipe's)")
+    train.add_argument("--data-source", metavar="SRC", help="data source, e.g. bundled, torchvision, idx:PATH")
+    train.add_argument("--train-size", type=_positive_int, help="training images (default: the recorded size)")
+    train.add_argument("--seed", type=_seed, help="seed (default: the trial's, which repeats it exactly on CPU)")
+    train.add_argument("-o", "--output", metavar="DIR", default="retrained",
+                       help="where the retrained YAML and weights go (default: retrained)")
+
+    evaluate = commands.add_parser("evaluate", help="accuracy of an exported file's weights on its test split")
+    evaluate.add_argument("exported", help="an exported YAML file with weights")
+    evaluate.add_argument("--data-source", metavar="SRC", help="data source (default: the recorded one)")
+
+
+def cmd_dashboard(args) -> int:
+    from .dashboard import plan, serve
+    from .storage import mask_password
+
+    url, name = resolve_target(args.target, args.study)
+    dashboard = plan(url, name, args.host, args.port, args.artifacts)
+
+    def announce(address: str) -> None:
+        store = dashboard.artifact_dir if dashboard.artifact_dir.is_dir() else "none (no trained trial yet)"
+        # Plain lines, never wrapped: scripts and terminals pick the address out of them.
+        print(f"optuna-dashboard on {mask_password(url)}; artifacts: {store}", flush=True)
+        print(f"open {address}  (Ctrl-C stops it)", flush=True)
+
+    serve(dashboard, args.host, args.port, announce)
+    return 0
+
+
+def _open_study_for_export(args):
+    from .artifacts import artifact_dir, open_artifact_store
+    from .storage import load_study, mask_password, open_storage
+
+    url, name = resolve_target(args.target, args.study)
+    shown = mask_password(url)
+    study = load_study(open_storage(url, create=False), name, shown)
+    return study, shown, open_artifact_store(artifact_dir(url, study, args.artifacts), create=False)
+
+
+def cmd_export(args) -> int:
+    from .export import export_trials, select_trials
+
+    if args.by and args.top is None:
+        raise UsageError("--by: only with --top K")
+    study, shown, store = _open_study_for_export(args)
+    trials = select_trials(study, numbers=args.trial, top=args.top, by=args.by)
+    if not trials:
+        raise UsageError(f"study {study.study_name}: no complete trained trial to export yet")
+    out = Path(args.output or Path("exports") / study.study_name)
+    result = export_trials(study, trials, out, store, shown, onnx=args.onnx)
+    for note in result.notes:
+        err_console.print(f"note: {note}", highlight=False)
+    table = Table(title=f"exported {len(result.files)} trials of {study.study_name} to {out}")
+    for column in ("trial", *study.metric_names, "test acc", "file"):
+        table.add_column(column, justify="left" if column == "file" else "right")
+    for trial, path in zip(trials, result.files):
+        test = trial.user_attrs.get("test_accuracy")
+        table.add_row(str(trial.number), *[_format_value(n, v) for n, v in zip(study.metric_names, trial.values)],
+                      f"{test:.4f}" if test is not None else "-", path.name)
+    console.print(table)
+    console.print(f"index: {out / 'index.md'}; load one with mixsearch.load_model(\"{result.files[0]}\")",
+                  highlight=False)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .export import retrain
+
+    def on_epoch(result) -> bool:
+        console.print(f"epoch {result.epoch}: train loss {result.train_loss:.4f}, val acc {result.val_accuracy:.4f}",
+                      highlight=False)
+        return False
+
+    done = retrain(args.exported, out_dir=args.output, epochs=args.epochs, data_source=args.data_source,
+                   train_size=args.train_size, seed=args.seed, on_epoch=on_epoch)
+    record, metrics = done.record, done.record["metrics"]
+    console.print(f"{record.get('summary') or ''}".strip() or record["arch"]["family"], highlight=False)
+    console.print(f"test accuracy {record['test_accuracy']:.4f}, val accuracy {metrics['val_accuracy']:.4f}, "
+                  f"params {metrics['params']:,}, FLOPs {metrics['flops']:,}, "
+                  f"latency {metrics['latency_ms']:.3f} ms (seed {record['seed']})", highlight=False)
+    console.print(f"wrote {done.path} and {done.path.parent / record['weights']}", highlight=False)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .export import evaluate_export
+
+    result = evaluate_export(args.exported, data_source=args.data_source)
+    recorded = result["recorded_test_accuracy"]
+    line = f"test accuracy {result['test_accuracy']:.4f} on {result['test_size']} images of {result['source']}"
+    if recorded is not None:
+        line += f" (recorded {recorded:.4f})"
+    console.print(line, highlight=False)
+    console.print(f"val accuracy {result['val_accuracy']:.4f}", highlight=False)
+    return 0
 
 
 if __name__ == "__main__":

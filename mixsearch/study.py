@@ -22,6 +22,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from .arch import Arch, arch_hash
+from .artifacts import refresh_plots, save_trial_artifacts, should_refresh, study_artifact_store
 from .data import Splits, dataset_info, load_splits
 from .errors import ArchError, MixsearchError, UsageError
 from .measure import StaticMetrics, measure_static
@@ -38,10 +39,10 @@ MAX_RETRIES = 3  # a trial whose params failed this often is not queued again
 POLL_SECONDS = 2.0  # how often a worker with nothing to start looks at the others' trials
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
 # Optuna logs every failed trial with its traceback; ours say why in user attrs (an interrupt, a
 # dead worker), and a real error propagates out of run_study with its traceback anyway.
 logging.getLogger("optuna.study._optimize").setLevel(logging.ERROR)
+
 
 class Reporter:
     """Progress hooks for a run; the CLI shows them with rich, tests may record them."""
@@ -114,6 +115,7 @@ class Objective:
     trainer: Callable[..., TrainResult] | None = None  # None: the module's ``train``
     on_start: Callable[[optuna.Trial], None] | None = None  # first thing once the trial is RUNNING
     current: int | None = None  # trial id of the trial this process runs now
+    artifact_store: Any = None  # an Optuna artifact store: arch, curve and weights of trained trials
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         self.current = trial._trial_id
@@ -157,6 +159,7 @@ class Objective:
         if original is not None:
             return self._reuse(trial, original)
 
+        trial.set_user_attr("seed", self.seed + trial.number)  # `mixsearch train` repeats the trial with it
         torch.manual_seed(self.seed + trial.number)
         model = build_model(arch)
         static = measure_static(model, inference_model(model), self.splits.input_shape, spec.measure,
@@ -201,6 +204,8 @@ class Objective:
         test_accuracy = evaluate(model, self.splits.test_x, self.splits.test_y)
         trial.set_user_attr("test_accuracy", test_accuracy)
         trial.set_user_attr("val_accuracy", result.val_accuracy)
+        if self.artifact_store is not None:
+            save_trial_artifacts(trial, self.artifact_store, arch, model, trial.user_attrs["curve"])
         return self._values(result.val_accuracy, static)
 
     # -- pieces of one trial ---------------------------------------------------------------
@@ -344,11 +349,11 @@ def recover_trials(study: optuna.Study) -> list[int]:
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             except Exception:  # finished meanwhile, or failed by another worker
                 pass
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
     with warnings.catch_warnings():  # then the trials of workers elsewhere whose heartbeat stopped
         warnings.simplefilter("ignore")
         optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
     queued = []
     for trial in trials:
         retries = trial.user_attrs.get("retries", 0)
@@ -361,14 +366,16 @@ def recover_trials(study: optuna.Study) -> list[int]:
 
 def run_study(spec: Spec, storage_url: str | None = None, trials: int | None = None,
               timeout: float | None = None, seed: int | None = None,
-              reporter: Reporter | None = None, sampler_seed: int | None = None) -> RunSummary:
+              reporter: Reporter | None = None, sampler_seed: int | None = None,
+              artifacts: str | None = None) -> RunSummary:
     """Run (or resume) the study until ``trials`` finished trials exist in total.
 
     Several processes may run this on one study at once (``--jobs``, ``mixsearch worker``): each
     starts a trial only while finished plus running trials fall short of ``trials``, then waits
     for the others, so the study ends with exactly ``trials`` finished trials. Trials of dead
     workers are failed and their params tried again first. Ctrl-C fails the running trial with
-    reason "interrupted" and returns a summary with ``interrupted`` set.
+    reason "interrupted" and returns a summary with ``interrupted`` set. Trained trials upload
+    their files to the artifact store in ``artifacts`` (default: see ``artifacts.artifact_dir``).
     """
     reporter = reporter or Reporter()
     storage_url = storage_url or spec.study.storage or default_storage_url(spec.study.name)
@@ -382,7 +389,13 @@ def run_study(spec: Spec, storage_url: str | None = None, trials: int | None = N
     study = open_study(spec, storage_url, seed if sampler_seed is None else sampler_seed)
     pruner = make_pruner(spec.study.pruner, spec.study.pruner_settings)
     lock = TrialSlotLock(study._storage, storage_url, spec.study.name)
-    objective = Objective(spec, splits, pruner, seed, reporter, on_start=lambda trial: lock.release())
+    objective = Objective(spec, splits, pruner, seed, reporter, on_start=lambda trial: lock.release(),
+                          artifact_store=study_artifact_store(study, storage_url, artifacts, record=True))
+
+    def trial_finished(study: optuna.Study, trial: FrozenTrial) -> None:
+        reporter.trial_finished(trial)
+        if should_refresh(finished_count(study)):
+            refresh_plots(study)
     before = finished_count(study)
     reporter.study_opened(before, target)
     started = time.perf_counter()
@@ -400,7 +413,7 @@ def run_study(spec: Spec, storage_url: str | None = None, trials: int | None = N
                     lock.release()
                     time.sleep(POLL_SECONDS)
                     continue
-                study.optimize(objective, n_trials=1, callbacks=[lambda s, t: reporter.trial_finished(t)], catch=())
+                study.optimize(objective, n_trials=1, callbacks=[trial_finished], catch=())
             finally:
                 lock.release()
             if study._stop_flag:  # the grid sampler has run every point
@@ -408,6 +421,7 @@ def run_study(spec: Spec, storage_url: str | None = None, trials: int | None = N
     except KeyboardInterrupt:
         interrupted = True
         objective.fail_current(study, "interrupted")
+    refresh_plots(study)
     return RunSummary(study, storage_url, finished_count(study) - before, finished_count(study),
                       time.perf_counter() - started, splits.source, interrupted)
 

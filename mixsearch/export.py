@@ -1,0 +1,434 @@
+"""Take archs away from a study: exported YAML files, ``load_model``, retraining and evaluation.
+
+An exported YAML file describes one trained trial completely: the arch, the data configuration
+and training recipe it was trained with, the seed, its objective values and test accuracy, and
+the file name of its weights (safetensors, beside the YAML). From it, ``load_model`` rebuilds the
+trained network, ``retrain`` trains the arch again from scratch (the same seed repeats the trial's
+numbers exactly on CPU), and ``evaluate_export`` checks the saved weights on the recorded test
+split.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+from torch import nn
+
+from .arch import Arch, arch_from_dict
+from .artifacts import WEIGHTS_FILE, download, load_weights, save_weights, trial_artifact_ids
+from .errors import MixsearchError, UsageError
+from .spec import DIRECTIONS, load_yaml
+
+FORMAT = "mixsearch-export/1"
+METRIC_KEYS = ("val_accuracy", "flops", "inference_params", "inference_flops", "latency_ms", "latency_iqr_ms",
+               "epochs_run", "train_seconds")
+
+
+# -- reading an exported file ------------------------------------------------------------------
+
+@dataclass
+class Exported:
+    """One exported YAML file, read and checked."""
+
+    path: Path
+    data: dict[str, Any]
+    arch: Arch
+
+    @property
+    def weights(self) -> Path | None:
+        name = self.data.get("weights")
+        return self.path.parent / name if name else None
+
+    @property
+    def seed(self) -> int:
+        return int(self.data.get("seed") or 0)
+
+
+def read_export(path: str | Path) -> Exported:
+    """Read an exported YAML file (or a bare arch YAML); every problem is one ``UsageError`` line."""
+    path = Path(path)
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a mapping with an arch (an exported YAML file or an arch YAML), "
+                         f"got {type(data).__name__ if data is not None else 'an empty file'}")
+    if "arch" not in data:
+        if "family" not in data:
+            raise UsageError(f"{path}: no arch in it; expected an exported YAML file (see mixsearch export) "
+                             "or an arch YAML with a family")
+        data = {"arch": data}
+    arch = arch_from_dict(data["arch"], source=f"{path}: arch")
+    return Exported(path, data, arch)
+
+
+def load_model(path: str | Path) -> nn.Module:
+    """The network an exported YAML file describes, with its trained weights when they are beside it.
+
+    Returned in eval mode. A bare arch YAML (or an export without weights) gives a freshly
+    initialised network.
+    """
+    from .models import build_model
+
+    exported = read_export(path)
+    model = build_model(exported.arch)
+    weights = exported.weights
+    if weights is not None:
+        if not weights.is_file():
+            raise UsageError(f"{exported.path}: weights: {weights} not found (it belongs beside the YAML file)")
+        load_weights(model, weights, source=str(weights))
+    return model.eval()
+
+
+# -- choosing trials ---------------------------------------------------------------------------
+
+def _exportable(trial: FrozenTrial) -> bool:
+    attrs = trial.user_attrs
+    return (trial.state == TrialState.COMPLETE and "duplicate_of" not in attrs
+            and "infeasible_reason" not in attrs and bool(attrs.get("curve")))
+
+
+def sortable_metrics(study: optuna.Study) -> list[str]:
+    return list(study.metric_names or []) + ["test_accuracy"]
+
+
+def metric_value(study: optuna.Study, trial: FrozenTrial, name: str) -> float | None:
+    if name == "test_accuracy":
+        return trial.user_attrs.get("test_accuracy")
+    return trial.values[list(study.metric_names).index(name)]
+
+
+def select_trials(study: optuna.Study, numbers: list[int] | None = None, top: int | None = None,
+                  by: str | None = None) -> list[FrozenTrial]:
+    """``numbers``: those trials; ``top``: the best ``top`` by metric ``by``; else the Pareto front."""
+    from .study import pareto_trials
+
+    if numbers:
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        chosen = []
+        for number in numbers:
+            trial = trials.get(number)
+            if trial is None:
+                span = f"trials 0-{max(trials)}" if trials else "no trials"
+                raise UsageError(f"--trial {number}: study {study.study_name} has no trial {number} ({span})")
+            original = trial.user_attrs.get("duplicate_of")
+            if original is not None and original in trials:
+                trial = trials[original]  # a duplicate repeats its original, which holds the weights
+            if not _exportable(trial):
+                raise UsageError(f"--trial {number}: {_why_not(trial)}; only complete trials that trained can be exported")
+            if trial not in chosen:
+                chosen.append(trial)
+        return chosen
+    if top is not None:
+        names = sortable_metrics(study)
+        by = by or names[0]
+        if by not in names:
+            raise UsageError(f"--by: {by!r} is not a metric of study {study.study_name}; use one of {', '.join(names)}")
+        candidates = [t for t in study.get_trials(deepcopy=False) if _exportable(t)
+                      and metric_value(study, t, by) is not None]
+        maximize = by == "test_accuracy" or DIRECTIONS.get(by) == "maximize"
+        candidates.sort(key=lambda t: (-metric_value(study, t, by) if maximize else metric_value(study, t, by), t.number))
+        return candidates[:top]
+    return [t for t in pareto_trials(study) if _exportable(t)]
+
+
+def _why_not(trial: FrozenTrial) -> str:
+    attrs = trial.user_attrs
+    if trial.state == TrialState.PRUNED:
+        return f"trial {trial.number} was pruned ({attrs.get('pruned_reason', 'no reason recorded')})"
+    if trial.state != TrialState.COMPLETE:
+        return f"trial {trial.number} is {trial.state.name.lower()}"
+    if "infeasible_reason" in attrs:
+        return f"trial {trial.number} is infeasible ({attrs['infeasible_reason']})"
+    return f"trial {trial.number} did not train"
+
+
+# -- writing exports ---------------------------------------------------------------------------
+
+@dataclass
+class ExportResult:
+    files: list[Path] = field(default_factory=list)   # the YAML files, one per trial
+    notes: list[str] = field(default_factory=list)    # things the user should know (missing weights...)
+    index: list[Path] = field(default_factory=list)
+
+
+def _spec_of(study: optuna.Study):
+    from .spec import parse_spec
+
+    raw = study.user_attrs.get("spec")
+    if raw is None:
+        raise MixsearchError(f"study {study.study_name} records no spec; was it made by mixsearch run?")
+    return parse_spec(raw, study.user_attrs.get("spec_file", "<study spec>"), default_name=study.study_name)
+
+
+def _plain(value: Any) -> Any:
+    """YAML-safe: tuples to lists, numpy/torch scalars to Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return value.item()
+    return value
+
+
+def _number(value: float) -> float | int:
+    return int(value) if float(value).is_integer() and abs(value) < 2**53 else float(value)
+
+
+def export_record(study: optuna.Study, trial: FrozenTrial, spec, storage_shown: str) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    objectives = {name: _number(v) for name, v in zip(study.metric_names, trial.values)}
+    return _plain({
+        "format": FORMAT,
+        "study": study.study_name,
+        "trial": trial.number,
+        "storage": storage_shown,
+        "summary": attrs.get("arch_summary", ""),
+        "seed": attrs.get("seed", spec.study.seed + trial.number),
+        "objectives": objectives,
+        "test_accuracy": attrs.get("test_accuracy"),
+        "metrics": {k: attrs[k] for k in METRIC_KEYS if attrs.get(k) is not None},
+        "arch": attrs["arch"],
+        "recipe": attrs["recipe"],
+        "data": dataclasses.asdict(spec.data),
+        "measure": dataclasses.asdict(spec.measure),
+        "curve": attrs.get("curve", []),
+    })
+
+
+def write_yaml(path: Path, record: dict[str, Any]) -> None:
+    path.write_text(yaml.safe_dump(record, sort_keys=False, default_flow_style=None, width=100), encoding="utf-8")
+
+
+def export_trials(study: optuna.Study, trials: list[FrozenTrial], out_dir: str | Path, store,
+                  storage_shown: str, onnx: bool = False) -> ExportResult:
+    """One YAML per trial (+ weights, + ONNX), then ``index.md`` and ``index.csv``."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MixsearchError(f"-o {out}: cannot create it ({exc.strerror})") from None
+    spec = _spec_of(study)
+    result = ExportResult()
+    rows = []
+    for trial in trials:
+        stem = f"trial-{trial.number:03d}"
+        record = export_record(study, trial, spec, storage_shown)
+        weights_id = trial_artifact_ids(study, trial).get(WEIGHTS_FILE)
+        if weights_id is None:
+            result.notes.append(f"trial {trial.number}: no weights in the artifact store (the study ran without "
+                                "artifacts); exported the arch only")
+        else:
+            download(store, weights_id, out / f"{stem}.safetensors")
+            record["weights"] = f"{stem}.safetensors"
+        path = out / f"{stem}.yaml"
+        write_yaml(path, record)
+        if onnx:
+            if weights_id is None:
+                result.notes.append(f"trial {trial.number}: no ONNX file without trained weights")
+            else:
+                difference = export_onnx(load_model(path), out / f"{stem}.onnx", spec.data)
+                record["onnx"] = f"{stem}.onnx"
+                if difference is not None:
+                    record["onnx_max_difference"] = difference
+                write_yaml(path, record)
+        result.files.append(path)
+        rows.append((trial, record, path))
+    result.index = write_index(study, rows, out)
+    return result
+
+
+def write_index(study: optuna.Study, rows, out: Path) -> list[Path]:
+    names = list(study.metric_names)
+    header = ["trial", "file", *names, "test_accuracy", "epochs", "weights", "arch"]
+    table = []
+    for trial, record, path in rows:
+        table.append([trial.number, path.name, *[record["objectives"][n] for n in names],
+                      record.get("test_accuracy"), record["metrics"].get("epochs_run"), record.get("weights") or "",
+                      record.get("summary", "")])
+    with (out / "index.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(table)
+    lines = [f"# Exported trials of study {study.study_name}", "",
+             f"{len(rows)} trials; load one with `mixsearch.load_model(\"FILE\")`, retrain it with "
+             "`mixsearch train FILE`, check its weights with `mixsearch evaluate FILE`.", "",
+             "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in table:
+        cells = [f"[{c}]({c})" if i == 1 else _cell(c) for i, c in enumerate(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    (out / "index.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return [out / "index.md", out / "index.csv"]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def export_onnx(model: nn.Module, path: Path, data_config) -> float | None:
+    """Write the inference form of ``model`` as ONNX; with onnxruntime installed, check it against torch.
+
+    Returns the largest absolute difference of the logits (None without onnxruntime).
+    """
+    import warnings
+
+    from .data import dataset_info
+    from .models import inference_model
+
+    input_shape, _ = dataset_info(data_config)
+    deployed = inference_model(model).eval()
+    example = torch.randn((2, *input_shape), generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(deployed, (example,), str(path), input_names=["image"], output_names=["logits"],
+                              dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+        except ImportError as exc:
+            raise MixsearchError(f"--onnx needs the onnx package ({exc.name or exc}); pip install onnx") from None
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"image": example.numpy()})
+    with torch.inference_mode():
+        expected = deployed(example).numpy()
+    difference = float(abs(got - expected).max())
+    if not math.isfinite(difference) or difference > 1e-3 * max(1.0, float(abs(expected).max())):
+        raise MixsearchError(f"{path}: ONNX output differs from torch by {difference:.3g}")
+    return difference
+
+
+# -- retraining and evaluating -----------------------------------------------------------------
+
+def _data_config(exported: Exported, source: str | None = None, train_size: int | None = None):
+    from .data import DataConfig
+
+    data = dict(exported.data.get("data") or {})
+    if not data:
+        raise UsageError(f"{exported.path}: no data section; only an exported YAML file records the data it was "
+                         "trained on (see mixsearch export)")
+    if source is not None:
+        data["source"] = source
+    if train_size is not None:
+        data["train_size"] = train_size
+    try:
+        return DataConfig(**data)
+    except TypeError as exc:
+        raise UsageError(f"{exported.path}: data: {exc}") from None
+
+
+def _recipe(exported: Exported, epochs: int | None = None):
+    from .train import TrainRecipe
+
+    recipe = dict(exported.data.get("recipe") or {})
+    if epochs is not None:
+        recipe["epochs"] = epochs
+    try:
+        return TrainRecipe(**recipe)
+    except TypeError as exc:
+        raise UsageError(f"{exported.path}: recipe: {exc}") from None
+
+
+@dataclass
+class RetrainResult:
+    path: Path                 # the retrained YAML
+    record: dict[str, Any]
+
+
+def retrain(path: str | Path, out_dir: str | Path = "retrained", epochs: int | None = None,
+            data_source: str | None = None, train_size: int | None = None, seed: int | None = None,
+            on_epoch=None) -> RetrainResult:
+    """Train the arch of an exported file from scratch with its recipe and data (overrides applied).
+
+    The trial's own seed, data and recipe repeat its validation and test accuracy exactly on CPU
+    (with the same number of torch threads). Writes ``OUT/<name>.yaml`` and its weights.
+    """
+    from .data import load_splits
+    from .measure import MeasureConfig, measure_static
+    from .models import build_model, inference_model
+    from .train import evaluate, resolve_device, train
+
+    exported = read_export(path)
+    recipe = _recipe(exported, epochs)
+    data = _data_config(exported, data_source, train_size)
+    seed = exported.seed if seed is None else seed
+    measure = MeasureConfig(**(exported.data.get("measure") or {}))
+    device = resolve_device(recipe.device)
+    splits = load_splits(data, device=device)
+    if tuple(splits.input_shape) != (exported.arch.in_channels, *exported.arch.image_size):
+        raise UsageError(f"{exported.path}: the arch takes {exported.arch.in_channels}x"
+                         f"{'x'.join(map(str, exported.arch.image_size))} images, the data gives "
+                         f"{'x'.join(map(str, splits.input_shape))}")
+    out = Path(out_dir)
+    target = out / f"{exported.path.stem}.yaml"
+    if target.resolve() == exported.path.resolve():
+        raise UsageError(f"-o {out}: would overwrite {exported.path}; choose another directory")
+    # The same order of random draws as a study trial: seed, build, measure, train.
+    torch.manual_seed(seed)
+    model = build_model(exported.arch)
+    static = measure_static(model, inference_model(model), splits.input_shape, measure, with_latency=True)
+    model.to(device)
+    result = train(model, splits, recipe, seed=seed, on_epoch=on_epoch)
+    test_accuracy = evaluate(model, splits.test_x, splits.test_y)
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MixsearchError(f"-o {out}: cannot create it ({exc.strerror})") from None
+    stem = exported.path.stem
+    values = {"accuracy": result.val_accuracy, "params": static.params, "flops": static.flops,
+              "latency": static.latency_ms}
+    names = list((exported.data.get("objectives") or {}).keys()) or ["accuracy", "params", "flops", "latency"]
+    curve = [{"epoch": e.epoch, "train_loss": round(e.train_loss, 5), "val_accuracy": round(e.val_accuracy, 5),
+              "seconds": round(e.seconds, 3)} for e in result.curve]
+    record = {key: value for key, value in exported.data.items() if key not in ("weights", "onnx", "onnx_max_difference")}
+    record.update(_plain({
+        "format": FORMAT,
+        "retrained_from": str(exported.path),
+        "seed": seed,
+        "objectives": {n: _number(values[n]) for n in names if n in values},
+        "test_accuracy": test_accuracy,
+        "metrics": {"val_accuracy": result.val_accuracy, **{k: v for k, v in static.to_dict().items() if v is not None},
+                    "epochs_run": result.epochs_run, "train_seconds": round(result.train_seconds, 3)},
+        "arch": exported.arch.to_dict(),
+        "recipe": recipe.to_dict(),
+        "data": dataclasses.asdict(data),
+        "measure": dataclasses.asdict(measure),
+        "curve": curve,
+    }))
+    record["weights"] = f"{stem}.safetensors"
+    save_weights(model.cpu(), out / record["weights"])
+    write_yaml(target, record)
+    return RetrainResult(target, record)
+
+
+def evaluate_export(path: str | Path, data_source: str | None = None) -> dict[str, Any]:
+    """Accuracy of the saved weights on the recorded test (and validation) split."""
+    from .data import load_splits
+    from .train import evaluate, resolve_device
+
+    exported = read_export(path)
+    if exported.weights is None:
+        raise UsageError(f"{exported.path}: no weights recorded; only an export with weights can be evaluated")
+    data = _data_config(exported, data_source)
+    device = resolve_device(_recipe(exported).device)
+    model = load_model(path).to(device)
+    splits = load_splits(data, device=device)
+    return {"test_accuracy": evaluate(model, splits.test_x, splits.test_y),
+            "val_accuracy": evaluate(model, splits.val_x, splits.val_y),
+            "recorded_test_accuracy": exported.data.get("test_accuracy"),
+            "recorded_val_accuracy": (exported.data.get("metrics") or {}).get("val_accuracy"),
+            "test_size": len(splits.test_y), "source": splits.source}
