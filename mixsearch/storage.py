@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import os
 import re
+import time
 from pathlib import Path
 
 import optuna
@@ -87,16 +88,33 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
     if not scheme:
         raise UsageError(f"storage {shown}: not a storage URL; use sqlite:///PATH.db, postgresql://..., "
                          "mysql://... or journal:PATH")
+    url = _with_driver(url)
     interval = _env_seconds("MIXSEARCH_HEARTBEAT_INTERVAL", HEARTBEAT_SECONDS)
     grace = _env_seconds("MIXSEARCH_HEARTBEAT_GRACE", GRACE_SECONDS)
     try:
-        return RDBStorage(url, heartbeat_interval=interval, grace_period=max(grace, interval),
-                          engine_kwargs=_engine_kwargs(url))
+        for attempt in range(5):
+            try:
+                return RDBStorage(url, heartbeat_interval=interval, grace_period=max(grace, interval),
+                                  engine_kwargs=_engine_kwargs(url))
+            except Exception as exc:  # workers starting together race to create the tables
+                if attempt == 4 or not any(s in str(exc) for s in ("already exists", "UniqueViolation", "Duplicate")):
+                    raise
+                time.sleep(0.5 + attempt)
     except ImportError as exc:
         raise UsageError(f"storage {shown}: the database driver is not installed ({exc.name or exc})") from None
     except Exception as exc:  # SQLAlchemy raises many kinds: bad URL, refused connection, bad schema
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise MixsearchError(f"storage {shown}: cannot open it ({mask_password(reason)})") from None
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only that one is installed."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
 
 
 def _engine_kwargs(url: str) -> dict:
