@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args) or 0
     except MixsearchError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape  # messages quote values like [1, 28]: not markup
+
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted", highlight=False)
@@ -187,10 +189,14 @@ class _FirstInterrupt:
 
 
 def _run_storage(args, spec, jobs: int) -> tuple[str, str | None]:
-    from .storage import default_run_storage
+    from .storage import JOURNAL_SUFFIXES, default_run_storage, normalize_url
 
     if args.storage or spec.study.storage:
-        return args.storage or spec.study.storage, None
+        given = args.storage or spec.study.storage
+        # A file path is fine when its suffix says what it is; anything else must be a URL.
+        if Path(given).suffix in (".db", ".sqlite", ".sqlite3", *JOURNAL_SUFFIXES):
+            given = normalize_url(given)
+        return given, None
     return default_run_storage(spec.study.name, jobs)
 
 

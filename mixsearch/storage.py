@@ -71,12 +71,18 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
     leave an empty database behind a typo.
     """
     shown = mask_password(url)
+    interval = _env_seconds("MIXSEARCH_HEARTBEAT_INTERVAL", HEARTBEAT_SECONDS)
+    grace = _env_seconds("MIXSEARCH_HEARTBEAT_GRACE", GRACE_SECONDS)
     if url.startswith("journal:"):
         path = Path(url[len("journal:"):])
         if not create and not path.is_file():
             raise UsageError(f"storage {shown}: no such journal file")
         _check_parent(path, shown, create)
-        return JournalStorage(JournalFileBackend(str(path)))
+        try:
+            return JournalStorage(JournalFileBackend(str(path)))
+        except Exception as exc:  # Optuna replays the whole file: garbage fails in many ways
+            raise MixsearchError(f"storage {shown}: {path} is not a readable Optuna journal (corrupted or another "
+                                 f"kind of file: {exc.__class__.__name__})") from None
     file = sqlite_path(url)
     if file is not None:
         if not create and not file.is_file():
@@ -89,8 +95,6 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
         raise UsageError(f"storage {shown}: not a storage URL; use sqlite:///PATH.db, postgresql://..., "
                          "mysql://... or journal:PATH")
     url = _with_driver(url)
-    interval = _env_seconds("MIXSEARCH_HEARTBEAT_INTERVAL", HEARTBEAT_SECONDS)
-    grace = _env_seconds("MIXSEARCH_HEARTBEAT_GRACE", GRACE_SECONDS)
     try:
         for attempt in range(5):
             try:

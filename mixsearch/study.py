@@ -384,7 +384,12 @@ def run_study(spec: Spec, storage_url: str | None = None, trials: int | None = N
     timeout = timeout if timeout is not None else spec.study.timeout
     device = resolve_device(_fixed_device(spec))
     # Load data before touching the storage: a missing data set must leave nothing behind.
-    splits = load_splits(spec.data, device=device)
+    try:
+        splits = load_splits(spec.data, device=device)
+    except MixsearchError as exc:  # data errors name the field; say which spec file it is in
+        if not str(exc).startswith(spec.source):
+            exc.args = (f"{spec.source}: {exc}",)
+        raise
     reporter.data_loaded(splits)
     study = open_study(spec, storage_url, seed if sampler_seed is None else sampler_seed)
     pruner = make_pruner(spec.study.pruner, spec.study.pruner_settings)
