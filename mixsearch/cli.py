@@ -290,18 +290,25 @@ def _run_jobs(args, spec) -> int:
         if value is not None:
             command += [flag, str(value)]
     # The first worker creates the study; the others join it once it exists.
-    workers = [subprocess.Popen(command + ["--index", "0"])]
+    # Own process groups: a terminal's Ctrl-C reaches only this process, which passes on exactly
+    # one SIGINT (a second one would make a worker quit without failing its trial).
     storage = open_storage(url)
-    while workers[0].poll() is None and spec.study.name not in _names(storage):
-        time.sleep(0.2)
-    if workers[0].poll() is None or spec.study.name in _names(storage):
-        workers += [subprocess.Popen(command + ["--index", str(i)]) for i in range(1, args.jobs)]
+    workers = [subprocess.Popen(command + ["--index", "0"], process_group=0)]
     interrupted = False
+    try:
+        while workers[0].poll() is None and spec.study.name not in _names(storage):
+            time.sleep(0.2)
+        if workers[0].poll() is None or spec.study.name in _names(storage):
+            workers += [subprocess.Popen(command + ["--index", str(i)], process_group=0) for i in range(1, args.jobs)]
+    except KeyboardInterrupt:
+        interrupted = True
+        for w in workers:
+            w.send_signal(signal.SIGINT)
     while True:
         try:
             codes = [w.wait() for w in workers]
             break
-        except KeyboardInterrupt:  # the terminal sends Ctrl-C to the workers too; make sure they get it
+        except KeyboardInterrupt:
             if interrupted:
                 for w in workers:
                     w.kill()

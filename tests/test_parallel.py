@@ -43,3 +43,37 @@ def test_workers_resume_a_study_and_stop_at_the_target(tmp_path, write_spec):
         JournalFileBackend(str(tmp_path / "studies" / "tiny.log"))))
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 5
     assert sorted(t.number for t in study.trials) == list(range(5))
+
+
+def test_ctrl_c_stops_every_worker_cleanly(tmp_path, write_spec):
+    import signal
+
+    from conftest import start_cli, wait_for
+
+    spec = write_spec(train={"epochs": 40})
+    journal = tmp_path / "studies" / "tiny.log"
+    process = start_cli(["run", spec, "--jobs", "2", "--trials", "6"], tmp_path)
+
+    def two_trials_training():
+        if not journal.is_file():
+            return False
+        try:
+            study = optuna.load_study(study_name="tiny", storage=JournalStorage(JournalFileBackend(str(journal))))
+        except KeyError:  # the file exists, the study not yet
+            return False
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return len([t for t in running if t.user_attrs.get("curve")]) == 2
+
+    try:
+        wait_for(two_trials_training, 60, "two RUNNING trials with an epoch")
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Pareto front of tiny" in stdout
+    study = optuna.load_study(study_name="tiny", storage=JournalStorage(JournalFileBackend(str(journal))))
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 2 and all(t.user_attrs["reason"] == "interrupted" for t in failed)
