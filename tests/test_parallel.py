@@ -10,7 +10,8 @@ from conftest import run_cli
 
 
 def test_three_workers_reach_exactly_the_requested_trials(tmp_path, write_spec):
-    spec = write_spec(study={"sampler": "random"}, train={"epochs": 1})
+    # Trials long enough (6 epochs) that every worker gets some before the target is reached.
+    spec = write_spec(study={"sampler": "random"}, train={"epochs": 6})
     result = run_cli(["run", spec, "--jobs", "3", "--trials", "12"], tmp_path, timeout=85)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "error" not in result.stderr.lower()

@@ -100,7 +100,8 @@ def dashboard_get(storage, path: str):
 
 
 def test_two_workers_share_a_postgresql_study(tmp_path, write_spec, postgres_url):
-    spec = write_spec(study={"name": "shared", "sampler": "random"}, train={"epochs": 1})
+    # Trials long enough (8 epochs) that both workers get some before the target is reached.
+    spec = write_spec(study={"name": "shared", "sampler": "random"}, train={"epochs": 8})
     workers = [start_cli(["worker", spec, "--storage", postgres_url, "--trials", "8", "--index", str(i),
                           "--threads", "1"], tmp_path) for i in range(2)]
     outputs = []

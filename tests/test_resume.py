@@ -10,8 +10,9 @@ from optuna.trial import TrialState
 
 from conftest import run_cli, start_cli, wait_for
 
-# Long enough per trial (about 20 short epochs) to be caught mid-training.
-SLOW = {"train": {"epochs": 20}}
+# Several seconds per trial (60 short epochs): a signal sent once an epoch is seen surely lands
+# in the same trial.
+LONG = {"train": {"epochs": 60}}
 
 
 def running_trial_with_an_epoch(url: str, name: str = "tiny"):
@@ -30,7 +31,7 @@ def finished(study) -> list:
 
 
 def test_sigkill_mid_trial_then_resume_keeps_every_trial(tmp_path, write_spec):
-    spec = write_spec(**SLOW)
+    spec = write_spec(**LONG)
     url = f"sqlite:///{tmp_path / 'studies' / 'tiny.db'}"
     process = start_cli(["run", spec, "--trials", "3"], tmp_path)
     try:
@@ -88,7 +89,7 @@ def test_stale_heartbeat_fails_a_trial_of_another_machine(tmp_path, write_spec):
 
 
 def test_ctrl_c_fails_the_running_trial_prints_the_summary_and_exits_130(tmp_path, write_spec):
-    spec = write_spec(**SLOW)
+    spec = write_spec(**LONG)
     url = f"sqlite:///{tmp_path / 'studies' / 'tiny.db'}"
     process = start_cli(["run", spec, "--trials", "3"], tmp_path)
     try:
@@ -109,7 +110,7 @@ def test_ctrl_c_fails_the_running_trial_prints_the_summary_and_exits_130(tmp_pat
 
 
 def test_a_second_ctrl_c_quits_at_once(tmp_path, write_spec):
-    spec = write_spec(**SLOW)
+    spec = write_spec(**LONG)
     url = f"sqlite:///{tmp_path / 'studies' / 'tiny.db'}"
     process = start_cli(["run", spec, "--trials", "3"], tmp_path)
     try:
@@ -125,7 +126,7 @@ def test_a_second_ctrl_c_quits_at_once(tmp_path, write_spec):
 
 @pytest.mark.parametrize("reason", ["interrupted"])
 def test_an_interrupted_trial_is_retried_first(tmp_path, write_spec, reason):
-    spec = write_spec(**SLOW)
+    spec = write_spec(**LONG)
     url = f"sqlite:///{tmp_path / 'studies' / 'tiny.db'}"
     process = start_cli(["run", spec, "--trials", "2"], tmp_path)
     try:
