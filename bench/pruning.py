@@ -32,10 +32,19 @@ from mixsearch.study import run_study  # noqa: E402
 PRUNERS = ["none", "median", "moasha", "pareto"]
 
 
+def pruner_setting(text: str):
+    """``pareto`` or ``pareto:gain_quantile=0.5,margin=0`` → the spec's ``study.pruner`` value."""
+    name, _, settings = text.partition(":")
+    if not settings:
+        return name
+    pairs = (item.split("=", 1) for item in settings.split(","))
+    return {"type": name, **{key: float(value) if "." in value else int(value) for key, value in pairs}}
+
+
 def bench_spec(pruner: str, seed: int, trials: int, epochs: int):
     return parse_spec({
-        "study": {"name": f"bench-{pruner}-{seed}", "trials": trials, "seed": seed, "sampler": "random",
-                  "pruner": pruner},
+        "study": {"name": "bench", "trials": trials, "seed": seed, "sampler": "random",
+                  "pruner": pruner_setting(pruner)},
         "data": {"source": "bundled", "train_size": 2000, "val_size": 1000, "test_size": 500},
         "train": {"epochs": epochs, "batch_size": 64, "lr": 0.005},
         "objectives": ["accuracy", "params"],
@@ -58,7 +67,8 @@ def largest_params(spec) -> int:
 
 def measure(pruner: str, seed: int, trials: int, epochs: int, workdir: Path, scale: int) -> dict:
     spec = bench_spec(pruner, seed, trials, epochs)
-    url = f"sqlite:///{workdir / f'{pruner}-{seed}.db'}"
+    file_name = pruner.replace(":", "_").replace(",", "_") + f"-{seed}.db"
+    url = f"sqlite:///{workdir / file_name}"
     started = time.perf_counter()
     summary = run_study(spec, storage_url=url)
     seconds = time.perf_counter() - started
@@ -80,22 +90,25 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--pruners", nargs="+", default=PRUNERS,
+                        help="none first; NAME or NAME:key=value,... (e.g. pareto:gain_quantile=0.5)")
     args = parser.parse_args()
     scale = largest_params(bench_spec("none", 0, args.trials, args.epochs))
-    results: dict[str, list[dict]] = {p: [] for p in PRUNERS}
+    pruners = args.pruners
+    results: dict[str, list[dict]] = {p: [] for p in pruners}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            for pruner in PRUNERS:
+            for pruner in pruners:
                 results[pruner].append(measure(pruner, seed, args.trials, args.epochs, Path(tmp), scale))
                 r = results[pruner][-1]
                 print(f"seed {seed} {pruner:<7} epochs {r['epochs']:>4} time {r['seconds']:7.1f}s "
                       f"complete {r['complete']:>3} pruned {r['pruned']:>3} HV {r['hypervolume']:.4f}", flush=True)
-    base = results["none"]
-    print(f"\nratios to none over seeds {args.seeds} ({args.trials} trials, {args.epochs} epochs, "
+    base = results[pruners[0]]
+    print(f"\nratios to {pruners[0]} over seeds {args.seeds} ({args.trials} trials, {args.epochs} epochs, "
           f"params scale {scale:,}):")
     print("| pruner | epochs | wall time | complete / pruned | hypervolume (mean ratio, min ratio) |")
     print("| --- | --- | --- | --- | --- |")
-    for pruner in PRUNERS:
+    for pruner in pruners:
         runs = results[pruner]
         epochs = sum(r["epochs"] for r in runs) / sum(r["epochs"] for r in base)
         seconds = sum(r["seconds"] for r in runs) / sum(r["seconds"] for r in base)

@@ -58,7 +58,9 @@ class ParetoPruner(MultiObjectivePruner):
     """Prune a trial that cannot reach the Pareto front even in the best case.
 
     Its best possible final accuracy is its current accuracy plus the largest gain any finished
-    trial made from the same epoch to its end, plus ``margin``. If a finished trial beats that
+    trial made from the same epoch to its end, plus ``margin``. ``gain_quantile`` below 1 takes
+    that quantile of the finished trials' gains instead of the largest, so one trial that started
+    very low and climbed far does not make every projection optimistic. If a finished trial beats that
     optimistic point in accuracy and is no larger in every static objective, training on is
     wasted. A trial smaller than every finished one in some static objective is never pruned:
     no finished trial can dominate it there.
@@ -66,10 +68,12 @@ class ParetoPruner(MultiObjectivePruner):
 
     name = "pareto"
 
-    def __init__(self, warmup_epochs: int = 1, margin: float = 0.01, min_finished: int = 2):
+    def __init__(self, warmup_epochs: int = 1, margin: float = 0.01, min_finished: int = 2,
+                 gain_quantile: float = 1.0):
         self.warmup_epochs = warmup_epochs
         self.margin = margin
         self.min_finished = min_finished
+        self.gain_quantile = gain_quantile
 
     def prune_reason(self, trial, others, epochs):
         epoch = len(trial.curve)
@@ -78,7 +82,8 @@ class ParetoPruner(MultiObjectivePruner):
         finished = [o for o in others if o.finished and len(o.curve) >= epoch]
         if len(finished) < self.min_finished:
             return None
-        best_gain = max(max(o.curve[-1] - o.curve[epoch - 1] for o in finished), 0.0)
+        gains = sorted(o.curve[-1] - o.curve[epoch - 1] for o in finished)
+        best_gain = max(gains[round(self.gain_quantile * (len(gains) - 1))], 0.0)
         projected = min(trial.curve[-1] + best_gain + self.margin, 1.0)
         for other in finished:
             keys = _shared_keys(trial, other)
@@ -169,7 +174,8 @@ _WARMUP = Rule(int, 1, minimum=0)
 PRUNERS: dict[str, tuple[type, dict[str, Rule]]] = {
     "none": (NoPruner, {}),
     "pareto": (ParetoPruner, {"warmup_epochs": _WARMUP, "margin": Rule(float, 0.01, minimum=0.0, maximum=1.0),
-                              "min_finished": Rule(int, 2, minimum=1)}),
+                              "min_finished": Rule(int, 2, minimum=1),
+                              "gain_quantile": Rule(float, 1.0, minimum=0.0, maximum=1.0)}),
     "moasha": (MOASHAPruner, {"min_epochs": Rule(int, 1, minimum=1), "reduction_factor": Rule(int, 3, minimum=2)}),
     "median": (MedianPruner, {"warmup_epochs": _WARMUP, "min_trials": Rule(int, 3, minimum=1)}),
 }

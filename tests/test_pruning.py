@@ -57,6 +57,15 @@ class TestPareto:
         assert self.pruner.prune_reason(early, FINISHED, EPOCHS) is None
 
 
+    def test_gain_quantile_ignores_one_late_climber(self):
+        others = [finished(0, [0.85, 0.9], 5_000), finished(1, [0.8, 0.9], 9_000),
+                  finished(2, [0.1, 0.7], 9_000)]  # started near chance: a gain of 0.6
+        trial = TrialView(9, [0.6], {"params": 8_000})
+        assert ParetoPruner(min_finished=2).prune_reason(trial, others, 2) is None  # 0.6 + 0.6 reaches 1.0
+        reason = ParetoPruner(min_finished=2, gain_quantile=0.5).prune_reason(trial, others, 2)
+        assert reason and "dominated by trial 0" in reason and "0.7100" in reason  # 0.6 + 0.1 + 0.01
+
+
 class TestMedian:
     others = [finished(i, [a], 1) for i, a in enumerate([0.5, 0.6, 0.7])]
 
