@@ -8,6 +8,7 @@ objective values and the finished trials, and answers with a reason to stop or `
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -83,7 +84,8 @@ class ParetoPruner(MultiObjectivePruner):
         if len(finished) < self.min_finished:
             return None
         gains = sorted(o.curve[-1] - o.curve[epoch - 1] for o in finished)
-        best_gain = max(gains[round(self.gain_quantile * (len(gains) - 1))], 0.0)
+        # Round the rank up: with few finished trials the projection stays on the safe side.
+        best_gain = max(gains[math.ceil(self.gain_quantile * (len(gains) - 1))], 0.0)
         projected = min(trial.curve[-1] + best_gain + self.margin, 1.0)
         for other in finished:
             keys = _shared_keys(trial, other)

@@ -243,20 +243,29 @@ class Objective:
         raise optuna.TrialPruned(reason)
 
     def _find_duplicate(self, trial: optuna.Trial, identity: str) -> FrozenTrial | None:
-        for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if other.user_attrs.get("arch_hash") == identity and "duplicate_of" not in other.user_attrs:
-                return other
-        return None
+        """The finished original of this arch and recipe: a complete one first, else a pruned one."""
+        originals = [other for other in trial.study.get_trials(deepcopy=False, states=FINISHED)
+                     if other.user_attrs.get("arch_hash") == identity and "duplicate_of" not in other.user_attrs]
+        originals.sort(key=lambda other: other.state != TrialState.COMPLETE)
+        return originals[0] if originals else None
 
     def _reuse(self, trial: optuna.Trial, original: FrozenTrial) -> list[float]:
-        """A repeat of a finished arch: copy its results, train nothing."""
+        """A repeat of a finished arch: copy its results, train nothing.
+
+        A repeat of a pruned arch is pruned at once: its original was stopped as hopeless (or
+        diverged), and training it again from another seed would mostly pay for the same answer.
+        """
         trial.set_user_attr("duplicate_of", original.number)
         for key, value in original.user_attrs.items():
-            if key not in trial.user_attrs and key not in ("train_seconds", "retry_of", "retries", "reason"):
+            if key not in trial.user_attrs and key not in ("train_seconds", "retry_of", "retries", "reason",
+                                                           "pruned_reason", "pruned_epoch"):
                 trial.set_user_attr(key, value)
         trial.set_user_attr("epochs_run", 0)
         for key, value in original.constraints.items():
             trial.set_constraint(key, value)
+        if original.state == TrialState.PRUNED:
+            self._prune(trial, f"duplicate of trial {original.number}, pruned at epoch "
+                               f"{original.user_attrs.get('pruned_epoch', 0)}: {original.user_attrs.get('pruned_reason')}", 0)
         return list(original.values)
 
     def _finished_views(self, trial: optuna.Trial) -> list[TrialView]:

@@ -167,6 +167,27 @@ def test_duplicates_reuse_results(tmp_path):
         assert dup.user_attrs["arch_hash"] == original.user_attrs["arch_hash"]
 
 
+def test_a_repeat_of_a_pruned_arch_is_pruned_without_training(tmp_path, monkeypatch):
+    from mixsearch import study as study_module
+
+    # One arch, a learning rate so large that training diverges: the first trial is pruned.
+    s, url = spec(tmp_path, study={"trials": 3}, space={"layers": 1, "channels": 4, "patch_size": 7},
+                  train={"lr": 1.0e6, "optimizer": "sgd", "schedule": "constant", "epochs": 2})
+    calls = []
+    real_train = study_module.train
+    monkeypatch.setattr(study_module, "train", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+    run_study(s, storage_url=url)
+    first, *repeats = sorted(trials_of(url), key=lambda t: t.number)
+    assert calls == [1]  # only the original trained
+    assert first.state == TrialState.PRUNED and "duplicate_of" not in first.user_attrs
+    for repeat in repeats:
+        assert repeat.state == TrialState.PRUNED
+        assert repeat.user_attrs["duplicate_of"] == 0 and repeat.user_attrs["epochs_run"] == 0
+        assert repeat.user_attrs["pruned_epoch"] == 0
+        assert repeat.user_attrs["pruned_reason"] == (
+            "duplicate of trial 0, pruned at epoch 1: " + first.user_attrs["pruned_reason"])
+
+
 def test_divergent_trial_is_pruned_and_the_study_goes_on(tmp_path):
     s, url = spec(tmp_path, study={"trials": 2}, train={"lr": 1.0e6, "optimizer": "sgd", "schedule": "constant",
                                                         "epochs": 2})
