@@ -1,6 +1,6 @@
 """Does pruning pay? The same spec and seeds with each pruner, side by side in one run.
 
-    .venv/bin/python bench/pruning.py [--seeds 0 1 2] [--trials 16] [--epochs 6]
+    .venv/bin/python bench/pruning.py [--seeds 0 1 2] [--trials 100] [--epochs 10]
 
 For each pruner it prints epochs trained in total, wall time, trials complete/pruned and the
 hypervolume of the final front, each as a ratio to ``none`` (summed over seeds for counts and time,
@@ -30,7 +30,7 @@ from mixsearch.pruning import dominates  # noqa: E402
 from mixsearch.spec import parse_spec  # noqa: E402
 from mixsearch.study import run_study  # noqa: E402
 
-PRUNERS = ["none", "median", "moasha", "pareto"]
+PRUNERS = ["none", "median", "moasha", "pareto", "pareto:gain_quantile=1.0"]
 
 
 def pruner_setting(text: str):
@@ -114,8 +114,8 @@ def measure(pruner: str, seed: int, trials: int, epochs: int, workdir: Path, sca
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--trials", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--pruners", nargs="+", default=PRUNERS,
                         help="none first; NAME or NAME:key=value,... (e.g. pareto:gain_quantile=0.5)")
     args = parser.parse_args()
