@@ -13,6 +13,7 @@ import fcntl
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -21,6 +22,14 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from .errors import MixsearchError, UsageError
 
+
+@contextlib.contextmanager
+def quiet_experimental():
+    """Silence Optuna's ExperimentalWarning around features we rely on knowingly (heartbeats,
+    metric names): they are stable for our use, and the warning says nothing to a user."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
 
 
 def _env_seconds(name: str, default: int) -> int:
@@ -98,8 +107,9 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
     try:
         for attempt in range(5):
             try:
-                return RDBStorage(url, heartbeat_interval=interval, grace_period=max(grace, interval),
-                                  engine_kwargs=_engine_kwargs(url))
+                with quiet_experimental():
+                    return RDBStorage(url, heartbeat_interval=interval, grace_period=max(grace, interval),
+                                      engine_kwargs=_engine_kwargs(url))
             except Exception as exc:  # workers starting together race to create the tables
                 if attempt == 4 or not any(s in str(exc) for s in ("already exists", "UniqueViolation", "Duplicate")):
                     raise

@@ -30,7 +30,7 @@ from .models import build_model, inference_model
 from .pruning import MultiObjectivePruner, TrialView, make_pruner
 from .space import count_space
 from .spec import Spec
-from .storage import TrialSlotLock, default_storage_url, mask_password, open_storage
+from .storage import TrialSlotLock, default_storage_url, mask_password, open_storage, quiet_experimental
 from .train import (DivergenceError, EpochResult, TrainRecipe, TrainResult, evaluate, resolve_device,
                     train)
 
@@ -313,7 +313,8 @@ def open_study(spec: Spec, storage_url: str, seed: int, create: bool = True) -> 
     except ValueError as exc:
         raise UsageError(f"storage {shown}: study {spec.study.name!r} exists with other objectives ({exc})") from None
     if study.metric_names is None:
-        study.set_metric_names(list(spec.objectives))
+        with quiet_experimental():
+            study.set_metric_names(list(spec.objectives))
         study.set_user_attr("spec_file", spec.source)
         study.set_user_attr("spec", json.loads(json.dumps(spec.raw, default=str)))
     elif list(study.metric_names) != list(spec.objectives):
@@ -346,8 +347,6 @@ def recover_trials(study: optuna.Study) -> list[int]:
     once; a trial that failed ``MAX_RETRIES`` times in a row is left alone. Returns the numbers
     of the trials queued again.
     """
-    import warnings
-
     storage = study._storage
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -358,8 +357,7 @@ def recover_trials(study: optuna.Study) -> list[int]:
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             except Exception:  # finished meanwhile, or failed by another worker
                 pass
-    with warnings.catch_warnings():  # then the trials of workers elsewhere whose heartbeat stopped
-        warnings.simplefilter("ignore")
+    with quiet_experimental():  # then the trials of workers elsewhere whose heartbeat stopped
         optuna.storages.fail_stale_trials(study)
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
