@@ -198,3 +198,21 @@ def test_divergent_trial_is_pruned_and_the_study_goes_on(tmp_path):
     for trial in trials:
         assert trial.state == TrialState.PRUNED
         assert trial.user_attrs["pruned_reason"].startswith("diverged: loss is not finite at epoch 1")
+
+
+def test_bench_bound_counts_warmup_for_trials_dominated_by_earlier_ones():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "pruning.py"
+    module_spec = importlib.util.spec_from_file_location("bench_pruning", path)
+    bench = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(bench)
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for accuracy, params, attrs in [(0.8, 100, {}), (0.7, 200, {}),  # trial 1 is dominated by trial 0
+                                    (0.9, 300, {}), (0.8, 100, {"duplicate_of": 0}), (0.85, 50, {})]:
+        study.add_trial(optuna.trial.create_trial(values=[accuracy, params],
+                                                  user_attrs={"epochs_run": 0 if attrs else 10, **attrs}))
+    assert bench.bound_for_front_keeping(study, warmup_epochs=1) == 10 + 1 + 10 + 0 + 10
+    assert bench.bound_for_front_keeping(study, warmup_epochs=3) == 10 + 3 + 10 + 0 + 10
