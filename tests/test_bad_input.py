@@ -18,6 +18,7 @@ import yaml
 
 from conftest import TINY_SPEC
 from mixsearch.cli import main
+from mixsearch.storage import quiet_experimental
 
 SPEC = "spec.yaml"
 
@@ -174,7 +175,8 @@ def template(tmp_path_factory) -> Path:
     studies.mkdir()
     study = optuna.create_study(study_name="tiny", storage=f"sqlite:///{studies / 'tiny.db'}",
                                 directions=["maximize", "minimize"])
-    study.set_metric_names(["accuracy", "params"])
+    with quiet_experimental():
+        study.set_metric_names(["accuracy", "params"])
     study.add_trial(optuna.trial.create_trial(values=[0.5, 1000.0]))
     (studies / "corrupt.db").write_bytes(b"this is not a database\n" * 20)
     (studies / "corrupt.log").write_bytes(b'{"op_code": 0, "worker_id": "x"}\n\xff\x00 broken\n')

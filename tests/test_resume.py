@@ -68,6 +68,9 @@ def test_sigkill_mid_trial_then_resume_keeps_every_trial(tmp_path, write_spec):
     assert "resuming: " in result.stdout
 
 
+# The test plays a worker elsewhere by hand: a heartbeat storage outside Study.optimize.
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_stale_heartbeat_fails_a_trial_of_another_machine(tmp_path, write_spec):
     """A RUNNING trial of a worker elsewhere (no process id to check) is failed by its heartbeat."""
     spec = write_spec(train={"epochs": 1})
