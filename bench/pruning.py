@@ -6,7 +6,7 @@ For each pruner it prints epochs trained in total, wall time, trials complete/pr
 hypervolume of the final front, each as a ratio to ``none`` (summed over seeds for counts and time,
 averaged over seeds for the hypervolume ratio). A last row replays the ``none`` runs to give the
 fewest epochs any pruner can train that never stops a trial the finished trials do not dominate
-yet (see ``bound_for_front_keeping``). About 15 minutes a seed on two CPU cores.
+yet (see ``bound_for_front_keeping``). About 10 minutes a seed on two CPU cores.
 
 Hypervolume: objectives (validation error = 1 - accuracy, params / PARAMS_SCALE), both minimized;
 reference point (1, 1). PARAMS_SCALE is the largest corner arch of the space; a point outside
