@@ -313,33 +313,30 @@ def export_onnx(model: nn.Module, path: Path, data_config) -> float | None:
 
 # -- retraining and evaluating -----------------------------------------------------------------
 
+def _section(exported: Exported, key: str, build, **overrides):
+    """``build(**section)`` from the exported file's ``key`` section, with the given overrides
+    that are not None; a key the class does not take is a usage error naming the file."""
+    values = dict(exported.data.get(key) or {})
+    values.update({name: value for name, value in overrides.items() if value is not None})
+    try:
+        return build(**values)
+    except TypeError as exc:
+        raise UsageError(f"{exported.path}: {key}: {exc}") from None
+
+
 def _data_config(exported: Exported, source: str | None = None, train_size: int | None = None):
     from .data import DataConfig
 
-    data = dict(exported.data.get("data") or {})
-    if not data:
+    if not exported.data.get("data"):
         raise UsageError(f"{exported.path}: no data section; only an exported YAML file records the data it was "
                          "trained on (see mixsearch export)")
-    if source is not None:
-        data["source"] = source
-    if train_size is not None:
-        data["train_size"] = train_size
-    try:
-        return DataConfig(**data)
-    except TypeError as exc:
-        raise UsageError(f"{exported.path}: data: {exc}") from None
+    return _section(exported, "data", DataConfig, source=source, train_size=train_size)
 
 
 def _recipe(exported: Exported, epochs: int | None = None):
     from .train import TrainRecipe
 
-    recipe = dict(exported.data.get("recipe") or {})
-    if epochs is not None:
-        recipe["epochs"] = epochs
-    try:
-        return TrainRecipe(**recipe)
-    except TypeError as exc:
-        raise UsageError(f"{exported.path}: recipe: {exc}") from None
+    return _section(exported, "recipe", TrainRecipe, epochs=epochs)
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -77,3 +78,21 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.2):
             return value
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def interrupt_when(process: subprocess.Popen, condition, what: str, signals=(signal.SIGINT,), timeout: float = 60):
+    """Once ``condition()`` holds, send ``signals`` to ``process`` and collect its output.
+
+    Returns (what the condition returned, stdout, stderr). The process never outlives the test:
+    if the condition times out or the process hangs, it is killed.
+    """
+    try:
+        value = wait_for(condition, timeout, what)
+        for sig in signals:
+            process.send_signal(sig)
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return value, stdout, stderr

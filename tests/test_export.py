@@ -11,6 +11,7 @@ import yaml
 from optuna.trial import TrialState
 
 import mixsearch
+from conftest import TINY_SPEC, merge
 from mixsearch.arch import MixerArch
 from mixsearch.artifacts import ARCH_FILE, CURVE_FILE, PLOT_IDS, WEIGHTS_FILE, load_weights, save_weights
 from mixsearch.cli import main
@@ -22,16 +23,10 @@ from mixsearch.spec import parse_spec
 from mixsearch.study import pareto_trials, run_study
 from mixsearch.train import evaluate
 
-SPEC = {
-    "study": {"name": "takeaway", "trials": 4, "seed": 5, "sampler": "random", "pruner": "none"},
-    "data": {"dataset": "mnist", "source": "bundled", "train_size": 500, "val_size": 200, "test_size": 200},
-    "train": {"epochs": 2, "batch_size": 50, "lr": 0.01},
-    "objectives": ["accuracy", "params", "latency"],
-    "measure": {"latency_min_time": 0.01},
-    "space": {"family": "mixer", "layers": [1, 2], "channels": [8, 16], "token_hidden": 16,
-              "channel_hidden": 16, "patch_size": [4, 7], "dilation": [1, 2],
-              "sharing": {"mode": ["none", "all"], "bias": ["tied", "separate"]}},
-}
+# conftest's tiny spec as its own study, with latency as a third objective.
+SPEC = merge(TINY_SPEC, {"study": {"name": "takeaway", "seed": 5},
+                         "data": {"train_size": 500, "val_size": 200, "test_size": 200},
+                         "objectives": ["accuracy", "params", "latency"]})
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +219,15 @@ def test_cli_errors_are_one_line_with_exit_code_2(study_run, exported, tmp_path,
         mixsearch.load_model(bad)
 
     record = yaml.safe_load(sorted(exported.glob("trial-*.yaml"))[0].read_text())
+    bad.write_text(yaml.safe_dump({"arch": record["arch"]}))  # a bare arch: nothing says what data it knew
+    assert main(["train", str(bad), "-o", str(tmp_path / "x")]) == 2
+    assert "bad.yaml: no data section" in _one_error_line(capsys)
+    bad.write_text(yaml.safe_dump({**record, "recipe": {**record["recipe"], "warp_speed": 9}}))
+    assert main(["train", str(bad), "-o", str(tmp_path / "x")]) == 2
+    line = _one_error_line(capsys)
+    assert "bad.yaml: recipe: " in line and "warp_speed" in line
+    assert not (tmp_path / "x").exists()  # nothing written
+
     record["arch"]["channels"] = 24  # weights of another width
     (exported / "wrong.yaml").write_text(yaml.safe_dump(record))
     assert main(["evaluate", str(exported / "wrong.yaml")]) == 2

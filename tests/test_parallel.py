@@ -49,7 +49,7 @@ def test_workers_resume_a_study_and_stop_at_the_target(tmp_path, write_spec):
 def test_ctrl_c_stops_every_worker_cleanly(tmp_path, write_spec):
     import signal
 
-    from conftest import start_cli, wait_for
+    from conftest import interrupt_when, start_cli
 
     spec = write_spec(train={"epochs": 40})
     journal = tmp_path / "studies" / "tiny.log"
@@ -65,13 +65,7 @@ def test_ctrl_c_stops_every_worker_cleanly(tmp_path, write_spec):
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         return len([t for t in running if t.user_attrs.get("curve")]) == 2
 
-    try:
-        wait_for(two_trials_training, 60, "two RUNNING trials with an epoch")
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    _, stdout, stderr = interrupt_when(process, two_trials_training, "two RUNNING trials with an epoch")
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "Pareto front of tiny" in stdout
     study = optuna.load_study(study_name="tiny", storage=JournalStorage(JournalFileBackend(str(journal))))

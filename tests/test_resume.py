@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import run_cli, start_cli, wait_for
+from conftest import interrupt_when, run_cli, start_cli
 
 # Several seconds per trial (60 short epochs): a signal sent once an epoch is seen surely lands
 # in the same trial.
@@ -34,15 +34,13 @@ def test_sigkill_mid_trial_then_resume_keeps_every_trial(tmp_path, write_spec):
     spec = write_spec(**LONG)
     url = f"sqlite:///{tmp_path / 'studies' / 'tiny.db'}"
     process = start_cli(["run", spec, "--trials", "3"], tmp_path)
-    try:
-        # Let one trial finish first, so that there is finished work to lose.
-        def second_trial_running():
-            trial = running_trial_with_an_epoch(url)
-            return trial if trial is not None and trial.number >= 1 else None
-        victim = wait_for(second_trial_running, 60, "a RUNNING trial with an epoch after a finished one")
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.communicate()
+
+    def second_trial_running():  # one trial finished first, so that there is finished work to lose
+        trial = running_trial_with_an_epoch(url)
+        return trial if trial is not None and trial.number >= 1 else None
+
+    victim, _, _ = interrupt_when(process, second_trial_running, "a RUNNING trial with an epoch after a finished one",
+                                  signals=(signal.SIGKILL,))
     assert process.returncode == -signal.SIGKILL
     study = optuna.load_study(study_name="tiny", storage=url)
     before = {t.number: t.values for t in finished(study)}
@@ -95,13 +93,8 @@ def test_ctrl_c_fails_the_running_trial_prints_the_summary_and_exits_130(tmp_pat
     spec = write_spec(**LONG)
     url = f"sqlite:///{tmp_path / 'studies' / 'tiny.db'}"
     process = start_cli(["run", spec, "--trials", "3"], tmp_path)
-    try:
-        victim = wait_for(lambda: running_trial_with_an_epoch(url), 60, "a RUNNING trial with an epoch")
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    victim, stdout, stderr = interrupt_when(process, lambda: running_trial_with_an_epoch(url),
+                                            "a RUNNING trial with an epoch")
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert "interrupted" in stderr
@@ -116,33 +109,20 @@ def test_a_second_ctrl_c_quits_at_once(tmp_path, write_spec):
     spec = write_spec(**LONG)
     url = f"sqlite:///{tmp_path / 'studies' / 'tiny.db'}"
     process = start_cli(["run", spec, "--trials", "3"], tmp_path)
-    try:
-        wait_for(lambda: running_trial_with_an_epoch(url), 60, "a RUNNING trial with an epoch")
-        process.send_signal(signal.SIGINT)
-        process.send_signal(signal.SIGINT)
-        process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    interrupt_when(process, lambda: running_trial_with_an_epoch(url), "a RUNNING trial with an epoch",
+                   signals=(signal.SIGINT, signal.SIGINT))
     assert process.returncode == 130
 
 
-@pytest.mark.parametrize("reason", ["interrupted"])
-def test_an_interrupted_trial_is_retried_first(tmp_path, write_spec, reason):
+def test_an_interrupted_trial_is_retried_first(tmp_path, write_spec):
     spec = write_spec(**LONG)
     url = f"sqlite:///{tmp_path / 'studies' / 'tiny.db'}"
     process = start_cli(["run", spec, "--trials", "2"], tmp_path)
-    try:
-        victim = wait_for(lambda: running_trial_with_an_epoch(url), 60, "a RUNNING trial with an epoch")
-        process.send_signal(signal.SIGINT)
-        process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    victim, _, _ = interrupt_when(process, lambda: running_trial_with_an_epoch(url), "a RUNNING trial with an epoch")
     result = run_cli(["run", spec, "--trials", "2"], tmp_path, timeout=80)
     assert result.returncode == 0, result.stderr
     study = optuna.load_study(study_name="tiny", storage=url)
-    assert study.trials[victim.number].user_attrs["reason"] == reason
+    assert study.trials[victim.number].user_attrs["reason"] == "interrupted"
     retries = [t for t in study.trials if t.user_attrs.get("retry_of") == victim.number]
     assert len(retries) == 1 and retries[0].params == study.trials[victim.number].params
     assert retries[0].state == TrialState.COMPLETE

@@ -4,22 +4,16 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from conftest import TINY_SPEC, merge
 from mixsearch.cli import main
 from mixsearch.models import build_model, count_params
 from mixsearch.arch import arch_from_dict
 from mixsearch.spec import parse_spec
 from mixsearch.study import pareto_trials, run_study
 
-TINY = {
-    "study": {"name": "tiny", "trials": 4, "seed": 3, "sampler": "random", "pruner": "none"},
-    "data": {"dataset": "mnist", "source": "bundled", "train_size": 400, "val_size": 200, "test_size": 200},
-    "train": {"epochs": 2, "batch_size": 32, "lr": 0.01},
-    "objectives": ["accuracy", "params", "latency"],
-    "measure": {"latency_min_time": 0.01},
-    "space": {"family": "mixer", "layers": [1, 2], "channels": [8, 16], "token_hidden": 16,
-              "channel_hidden": 16, "patch_size": [4, 7], "dilation": [1, 2],
-              "sharing": {"mode": ["none", "all"], "bias": ["tied", "separate"]}},
-}
+# conftest's tiny spec at another seed and data size, with latency as a third objective.
+TINY = merge(TINY_SPEC, {"study": {"seed": 3}, "data": {"train_size": 400, "val_size": 200, "test_size": 200},
+                         "train": {"batch_size": 32}, "objectives": ["accuracy", "params", "latency"]})
 
 
 def tiny_spec(**study):
