@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import yaml
-from optuna._hypervolume import compute_hypervolume
+from mixsearch.optuna_compat import compute_hypervolume
 from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -32,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from .errors import MixsearchError, UsageError
+from .optuna_compat import compute_hypervolume, storage_of
 from .storage import journal_path, sqlite_path
 
 ARCH_FILE = "arch.yaml"
@@ -40,6 +41,7 @@ WEIGHTS_FILE = "weights.safetensors"
 CURVE_FIELDS = ("epoch", "train_loss", "val_accuracy", "seconds")
 DEFAULT_DIR = Path("studies") / "artifacts"
 HV_MARGIN = 0.1  # reference point, beyond the worst normalized value
+HV_AXIS = "hypervolume / hypervolume of the final front"
 PLOT_IDS = {"hypervolume": "mixsearch-hypervolume", "curves": "mixsearch-learning-curves",
             "tradeoff": "mixsearch-accuracy-vs-params"}
 
@@ -157,7 +159,7 @@ def trial_artifact_ids(study: optuna.Study, trial: FrozenTrial) -> dict[str, str
     """File name → artifact id of a trial's uploads (the latest upload of each name wins)."""
     ids = dict(trial.user_attrs.get("artifacts") or {})
     if not ids:
-        for meta in optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage):
+        for meta in optuna.artifacts.get_all_artifact_meta(trial, storage=storage_of(study)):
             ids[meta.filename] = meta.artifact_id
     return ids
 
@@ -197,7 +199,7 @@ def hypervolume_figure(study: optuna.Study):
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if t.values and "infeasible_reason" not in t.user_attrs]
     figure = go.Figure(layout={"title": "Hypervolume of the Pareto front by trial",
-                               "xaxis": {"title": "trial"}, "yaxis": {"title": "hypervolume (normalized)"}})
+                               "xaxis": {"title": "trial"}, "yaxis": {"title": HV_AXIS, "range": [0, 1.02]}})
     if not complete:
         return figure
     maximize = [d == optuna.study.StudyDirection.MAXIMIZE for d in study.directions]
@@ -215,14 +217,17 @@ def hypervolume_figure(study: optuna.Study):
         return out
 
     import numpy as np
-    from optuna._hypervolume import compute_hypervolume
 
-    points: list[list[float]] = []
-    xs, ys = [], []
-    for trial in sorted(complete, key=lambda t: t.number):
-        points.append(scaled(trial.values))
-        xs.append(trial.number)
-        ys.append(float(compute_hypervolume(np.asarray(points), np.full(len(maximize), HV_MARGIN))))
+    reference = np.full(len(maximize), HV_MARGIN)
+    ordered = sorted(complete, key=lambda t: t.number)
+    points = np.asarray([scaled(trial.values) for trial in ordered])
+    # Divided by the hypervolume of all complete trials (the final front), the curve rises to
+    # exactly 1 and never leaves [0, 1]: read it as "share of the final front's volume reached".
+    # The final volume is > 0: every point lies at least HV_MARGIN inside the reference point.
+    final = compute_hypervolume(points, reference)
+    xs = [trial.number for trial in ordered]
+    # min(): a subset's volume never exceeds the whole one's; only rounding could say otherwise.
+    ys = [min(1.0, compute_hypervolume(points[: i + 1], reference) / final) for i in range(len(ordered))]
     figure.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name="hypervolume"))
     return figure
 

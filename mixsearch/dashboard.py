@@ -28,6 +28,7 @@ def plan(storage_url: str, study_name: str | None, host: str, port: int,
          artifacts: str | None = None) -> DashboardPlan:
     """Open the storage, find the study (when one is named or the storage holds one) and its store."""
     from .artifacts import artifact_dir
+    from .optuna_compat import study_id
     from .storage import load_study, mask_password, open_storage, study_names
 
     shown = mask_password(storage_url)
@@ -39,7 +40,7 @@ def plan(storage_url: str, study_name: str | None, host: str, port: int,
     directory = artifact_dir(storage_url, study, artifacts)
     shown_host = f"[{host}]" if ":" in host else host
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else shown_host}:{port}/dashboard/"
-    url = base + (f"studies/{study._study_id}" if study is not None else "")
+    url = base + (f"studies/{study_id(storage, study.study_name)}" if study is not None else "")
     return DashboardPlan(storage, url, directory, study.study_name if study is not None else None)
 
 

@@ -137,7 +137,7 @@ def test_real_study_prunes_with_reasons(tmp_path):
 
 
 def test_constraint_rejects_without_training(tmp_path, monkeypatch):
-    from mixsearch import study as study_module
+    from mixsearch import trial as study_module
 
     calls = []
     monkeypatch.setattr(study_module, "train", lambda *a, **k: calls.append(1))
@@ -169,7 +169,7 @@ def test_duplicates_reuse_results(tmp_path):
 
 
 def test_a_repeat_of_a_pruned_arch_is_pruned_without_training(tmp_path, monkeypatch):
-    from mixsearch import study as study_module
+    from mixsearch import trial as study_module
 
     # One arch, a learning rate so large that training diverges: the first trial is pruned.
     s, url = spec(tmp_path, study={"trials": 3}, space={"layers": 1, "channels": 4, "patch_size": 7},

@@ -1,0 +1,61 @@
+"""Every access to Optuna internals, in one place: the first file to read when Optuna changes.
+
+Each function says why no public API serves. Everything else in the package uses Optuna's
+public API only (``grep -rn "\\._storage\\|_trial_id\\|optuna\\._" mixsearch`` hits only this file).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage a study was opened on.
+
+    ``Study`` has no public accessor for its storage; the trial-slot lock needs the storage's
+    engine, and ``optuna.artifacts.get_all_artifact_meta`` wants the storage as an argument.
+    """
+    return study._storage
+
+
+def fail_running_trial(study: optuna.Study, trial: FrozenTrial | optuna.Trial, reason: str) -> bool:
+    """Mark a RUNNING trial FAIL with user attribute ``reason``; False when it is no longer running.
+
+    Used for this process's trial after an interrupt and for the trials of dead workers. The
+    public ``study.tell(number, state=FAIL)`` also runs the sampler's ``after_trial`` hook, which
+    for a trial of another process is wrong (``GridSampler`` calls ``study.stop()``, which raises
+    outside ``optimize``), and ``FrozenTrial`` offers no way to set a user attribute. So this
+    writes the storage directly, the way Optuna's own ``fail_stale_trials`` does; the storage
+    calls need the trial's internal id, which only ``_trial_id`` gives.
+    """
+    storage, trial_id = study._storage, trial._trial_id
+    try:
+        if storage.get_trial(trial_id).state != TrialState.RUNNING:
+            return False
+        storage.set_trial_user_attr(trial_id, "reason", reason)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    except Exception:  # finished meanwhile, or failed by another worker
+        return False
+    return True
+
+
+def compute_hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
+    """Hypervolume of minimization points dominated up to ``reference``.
+
+    Optuna exports no public hypervolume function (its plots compute it internally); this one is
+    exact and fast, where a hand-written one would be neither for more than two objectives.
+    """
+    from optuna._hypervolume import compute_hypervolume as compute
+
+    return float(compute(points, reference))
+
+
+def study_id(storage: optuna.storages.BaseStorage, study_name: str) -> int:
+    """The storage's internal id of a study: optuna-dashboard's page URLs are built from it.
+
+    The call is public storage API; it lives here because the id itself is a storage internal
+    (``Study`` keeps it as ``_study_id``) that only the dashboard's URL scheme needs.
+    """
+    return storage.get_study_id_from_name(study_name)

@@ -1,0 +1,282 @@
+"""One trial, as named steps: sample → static measures → constraints → duplicates → train with
+pruning → record.
+
+Each step is a function of the Optuna trial and what the earlier steps gave, so each can be run
+and tested alone; ``Objective`` only chains them. A step that ends the trial early either returns
+the objective values (infeasible arch, repeat of a complete arch) or raises ``optuna.TrialPruned``
+(impossible arch, divergence, pruner, repeat of a pruned arch). Everything a user needs later is
+stored on the trial as user attributes, so a study is self-describing in optuna-dashboard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from .arch import Arch, arch_hash
+from .artifacts import save_trial_artifacts
+from .data import Splits
+from .errors import ArchError
+from .measure import StaticMetrics, measure_static
+from .models import build_model, inference_model
+from .optuna_compat import fail_running_trial
+from .pruning import MultiObjectivePruner, TrialView
+from .spec import Spec
+from .train import DivergenceError, EpochResult, TrainRecipe, TrainResult, evaluate, train
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# Attributes of an original that a duplicate does not copy: they describe that run, not the arch.
+_NOT_COPIED = ("train_seconds", "retry_of", "retries", "reason", "pruned_reason", "pruned_epoch")
+_STATIC_ATTRS = {"params": "params", "flops": "flops", "latency": "latency_ms"}
+
+
+class Reporter:
+    """Progress hooks for a run; the CLI shows them with rich, tests may record them."""
+
+    def data_loaded(self, splits: Splits) -> None: ...
+    def study_opened(self, finished: int, target: int) -> None: ...
+    def trial_started(self, number: int, arch: Arch) -> None: ...
+    def epoch_done(self, number: int, result: EpochResult, epochs: int) -> None: ...
+    def trial_finished(self, trial: FrozenTrial) -> None: ...
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def identity(arch: Arch, recipe: TrainRecipe) -> str:
+    """Arch hash plus recipe: the same arch trained another way is not a duplicate."""
+    recipe_text = json.dumps(recipe.to_dict(), sort_keys=True)
+    return arch_hash(arch) + "-" + hashlib.sha1(recipe_text.encode()).hexdigest()[:8]
+
+
+def prune(trial: optuna.Trial, reason: str, epoch: int, result: TrainResult | None = None):
+    """End the trial as PRUNED, saying why and at which epoch."""
+    if result is not None:
+        record_training(trial, result)
+    trial.set_user_attr("pruned_reason", reason)
+    trial.set_user_attr("pruned_epoch", epoch)
+    raise optuna.TrialPruned(reason)
+
+
+# -- 1. sample -----------------------------------------------------------------------------------
+
+@dataclass
+class Sampled:
+    arch: Arch
+    recipe: TrainRecipe
+    identity: str
+
+
+def sample(trial: optuna.Trial, spec: Spec, splits: Splits) -> Sampled:
+    """Ask the trial for an arch and a recipe and record them; an impossible arch is pruned."""
+    try:
+        arch = spec.space.sample(trial, splits.input_shape, splits.num_classes)
+    except ArchError as exc:
+        prune(trial, f"impossible arch: {exc}", 0)
+    recipe = spec.sample_recipe(trial)
+    key = identity(arch, recipe)
+    trial.set_user_attr("arch", arch.to_dict())
+    trial.set_user_attr("arch_summary", arch.describe())
+    trial.set_user_attr("family", arch.family)
+    trial.set_user_attr("arch_hash", key)
+    trial.set_user_attr("recipe", recipe.to_dict())
+    return Sampled(arch, recipe, key)
+
+
+# -- 2. static measures --------------------------------------------------------------------------
+
+def build_and_measure(trial: optuna.Trial, arch: Arch, spec: Spec, splits: Splits,
+                      seed: int) -> tuple[torch.nn.Module, StaticMetrics]:
+    """Build the model from the trial's seed and record params, FLOPs and latency on the trial."""
+    trial.set_user_attr("seed", seed)  # `mixsearch train` repeats the trial with it
+    torch.manual_seed(seed)
+    model = build_model(arch)
+    static = measure_static(model, inference_model(model), splits.input_shape, spec.measure, with_latency=True)
+    for key, value in static.to_dict().items():
+        trial.set_user_attr(key, value)
+    return model, static
+
+
+def objective_values(spec: Spec, accuracy: float, static: StaticMetrics) -> list[float]:
+    return [accuracy if name == "accuracy" else float(static.objective(name)) for name in spec.objectives]
+
+
+def static_objectives(spec: Spec, static: StaticMetrics) -> dict[str, float]:
+    return {name: float(static.objective(name)) for name in spec.objectives if name != "accuracy"}
+
+
+# -- 3. constraints ------------------------------------------------------------------------------
+
+def check_constraints(trial: optuna.Trial, constraints: dict[str, float], static: StaticMetrics) -> list[str]:
+    """Record each constraint on the trial; a violated one marks it infeasible. Returns the violations."""
+    violations = []
+    for name, bound in constraints.items():
+        value = float(static.objective(name))
+        # Relative violation: the sampler compares constraints of different units.
+        trial.set_constraint(name, (value - bound) / bound if bound else value)
+        if value > bound:
+            violations.append(f"{name} {value:g} > {bound:g}")
+    if violations:
+        trial.set_user_attr("infeasible_reason", "; ".join(violations))
+        trial.set_user_attr("epochs_run", 0)
+    return violations
+
+
+# -- 4. duplicates -------------------------------------------------------------------------------
+
+def find_duplicate(study: optuna.Study, key: str) -> FrozenTrial | None:
+    """The finished original of this arch and recipe: a complete one first, else a pruned one."""
+    originals = [other for other in study.get_trials(deepcopy=False, states=FINISHED)
+                 if other.user_attrs.get("arch_hash") == key and "duplicate_of" not in other.user_attrs]
+    originals.sort(key=lambda other: other.state != TrialState.COMPLETE)
+    return originals[0] if originals else None
+
+
+def reuse(trial: optuna.Trial, original: FrozenTrial) -> list[float]:
+    """A repeat of a finished arch: copy its results, train nothing.
+
+    A repeat of a pruned arch is pruned at once: its original was stopped as hopeless (or
+    diverged), and training it again from another seed would mostly pay for the same answer.
+    """
+    trial.set_user_attr("duplicate_of", original.number)
+    for key, value in original.user_attrs.items():
+        if key not in trial.user_attrs and key not in _NOT_COPIED:
+            trial.set_user_attr(key, value)
+    trial.set_user_attr("epochs_run", 0)
+    for key, value in original.constraints.items():
+        trial.set_constraint(key, value)
+    if original.state == TrialState.PRUNED:
+        prune(trial, f"duplicate of trial {original.number}, pruned at epoch "
+                     f"{original.user_attrs.get('pruned_epoch', 0)}: {original.user_attrs.get('pruned_reason')}", 0)
+    return list(original.values)
+
+
+# -- 5. train with pruning -----------------------------------------------------------------------
+
+def epoch_dict(result: EpochResult) -> dict[str, float]:
+    return {"epoch": result.epoch, "train_loss": round(result.train_loss, 5),
+            "val_accuracy": round(result.val_accuracy, 5), "seconds": round(result.seconds, 3)}
+
+
+def record_training(trial: optuna.Trial, result: TrainResult) -> None:
+    trial.set_user_attr("curve", [epoch_dict(r) for r in result.curve])
+    trial.set_user_attr("epochs_run", result.epochs_run)
+    trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
+
+
+def finished_views(study: optuna.Study, objectives: list[str]) -> list[TrialView]:
+    """What the pruner compares a running trial with: the trained finished trials' curves."""
+    views = []
+    for other in study.get_trials(deepcopy=False, states=FINISHED):
+        curve = [e["val_accuracy"] for e in other.user_attrs.get("curve", [])]
+        if not curve or "duplicate_of" in other.user_attrs:
+            continue
+        static = {name: float(other.user_attrs[key]) for name, key in _STATIC_ATTRS.items()
+                  if name in objectives and other.user_attrs.get(key) is not None}
+        views.append(TrialView(other.number, curve, static, finished=other.state == TrialState.COMPLETE))
+    return views
+
+
+def train_with_pruning(trial: optuna.Trial, model: torch.nn.Module, spec: Spec, splits: Splits,
+                       recipe: TrainRecipe, static: StaticMetrics, pruner: MultiObjectivePruner, seed: int,
+                       reporter: Reporter, trainer: Callable[..., TrainResult] | None = None) -> TrainResult:
+    """Train, asking the pruner after each epoch; a pruned or diverged trial raises TrialPruned."""
+    model.to(splits.train_x.device)
+    views = None
+    curve: list[EpochResult] = []
+
+    def on_epoch(result: EpochResult) -> bool:
+        nonlocal views
+        curve.append(result)
+        trial.set_user_attr("curve", [epoch_dict(r) for r in curve])
+        reporter.epoch_done(trial.number, result, recipe.epochs)
+        if result.epoch >= recipe.epochs:
+            return False
+        if views is None:  # the finished trials do not change while one worker trains
+            views = finished_views(trial.study, list(spec.objectives))
+        reason = pruner.prune_reason(
+            TrialView(trial.number, [r.val_accuracy for r in curve], static_objectives(spec, static)),
+            views, recipe.epochs)
+        if reason:
+            trial.set_user_attr("pruned_reason", reason)
+        return bool(reason)
+
+    try:
+        result = (trainer or train)(model, splits, recipe, seed=seed, on_epoch=on_epoch)
+    except DivergenceError as exc:
+        prune(trial, f"diverged: {exc}", exc.epoch, exc.partial)
+    record_training(trial, result)
+    if result.stopped_early:
+        prune(trial, trial.user_attrs.get("pruned_reason", "pruned"), result.epochs_run, result)
+    return result
+
+
+# -- 6. record -----------------------------------------------------------------------------------
+
+def record_result(trial: optuna.Trial, model: torch.nn.Module, arch: Arch, splits: Splits,
+                  result: TrainResult, artifact_store: Any = None) -> None:
+    """Test accuracy and the trained model's files: what export and the dashboard show later."""
+    trial.set_user_attr("test_accuracy", evaluate(model, splits.test_x, splits.test_y))
+    trial.set_user_attr("val_accuracy", result.val_accuracy)
+    if artifact_store is not None:
+        save_trial_artifacts(trial, artifact_store, arch, model, trial.user_attrs["curve"])
+
+
+# -- the chain -----------------------------------------------------------------------------------
+
+@dataclass
+class Objective:
+    """Callable for ``study.optimize``: one trial from sample to objective values."""
+
+    spec: Spec
+    splits: Splits
+    pruner: MultiObjectivePruner
+    seed: int
+    reporter: Reporter = field(default_factory=Reporter)
+    trainer: Callable[..., TrainResult] | None = None  # None: the module's ``train``
+    on_start: Callable[[optuna.Trial], None] | None = None  # first thing once the trial is RUNNING
+    current: optuna.Trial | None = None  # the trial this process runs now
+    artifact_store: Any = None  # an Optuna artifact store: arch, curve and weights of trained trials
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        self.current = trial
+        trial.set_user_attr("worker", worker_name())
+        if self.on_start is not None:
+            self.on_start(trial)
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt:
+            trial.set_user_attr("reason", "interrupted")  # Optuna then marks the trial FAIL
+            raise
+
+    def fail_current(self, study: optuna.Study, reason: str) -> None:
+        """Mark this process's trial FAIL if an interrupt left it RUNNING (outside the objective)."""
+        if self.current is not None:
+            fail_running_trial(study, self.current, reason)
+
+    def _run(self, trial: optuna.Trial) -> list[float]:
+        spec, splits = self.spec, self.splits
+        sampled = sample(trial, spec, splits)
+        self.reporter.trial_started(trial.number, sampled.arch)
+        original = find_duplicate(trial.study, sampled.identity)
+        if original is not None:
+            return reuse(trial, original)
+        seed = self.seed + trial.number
+        model, static = build_and_measure(trial, sampled.arch, spec, splits, seed)
+        if check_constraints(trial, spec.constraints, static):
+            # The sampler learns from a complete trial marked infeasible; accuracy 0 keeps it
+            # off any front, and best_trials ignores infeasible trials anyway.
+            return objective_values(spec, 0.0, static)
+        result = train_with_pruning(trial, model, spec, splits, sampled.recipe, static, self.pruner, seed,
+                                    self.reporter, self.trainer)
+        record_result(trial, model, sampled.arch, splits, result, self.artifact_store)
+        return objective_values(spec, result.val_accuracy, static)

@@ -1,0 +1,60 @@
+"""Steps of one trial, each run alone on a real SQLite study."""
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from mixsearch.measure import MeasureConfig, measure_static
+from mixsearch.trial import check_constraints, find_duplicate
+
+
+def sqlite_study(tmp_path, directions=("maximize", "minimize")):
+    return optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="steps",
+                               directions=list(directions))
+
+
+def finished_trial(study, key, state=TrialState.COMPLETE, **attrs):
+    trial = study.ask()
+    trial.set_user_attr("arch_hash", key)
+    for name, value in attrs.items():
+        trial.set_user_attr(name, value)
+    study.tell(trial, [0.9, 100.0] if state == TrialState.COMPLETE else None, state=state)
+    return trial.number
+
+
+def test_duplicate_step_finds_the_finished_trial_with_the_same_arch_hash(tmp_path):
+    study = sqlite_study(tmp_path)
+    pruned = finished_trial(study, "abc-1", state=TrialState.PRUNED)
+    complete = finished_trial(study, "abc-1")
+    finished_trial(study, "abc-1", duplicate_of=complete)  # a repeat is never an original
+    finished_trial(study, "xyz-2")
+    running = study.ask()
+    running.set_user_attr("arch_hash", "run-3")
+
+    reopened = optuna.load_study(study_name="steps", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert find_duplicate(reopened, "abc-1").number == complete  # a complete original before a pruned one
+    assert find_duplicate(reopened, "xyz-2").number == 3
+    assert find_duplicate(reopened, "run-3") is None  # a running trial has no result to reuse
+    assert find_duplicate(reopened, "new-4") is None
+    assert pruned == 0
+
+
+def test_constraints_step_marks_an_arch_infeasible_with_its_reason(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))  # 7,850 params
+    static = measure_static(model, model, (1, 28, 28), MeasureConfig(), with_latency=False)
+    study = sqlite_study(tmp_path)
+
+    tight = study.ask()
+    assert check_constraints(tight, {"params": 5000.0}, static) == ["params 7850 > 5000"]
+    assert tight.user_attrs["infeasible_reason"] == "params 7850 > 5000"
+    assert tight.user_attrs["epochs_run"] == 0
+    study.tell(tight, [0.0, 7850.0])
+
+    loose = study.ask()
+    assert check_constraints(loose, {"params": 10000.0}, static) == []
+    assert "infeasible_reason" not in loose.user_attrs
+    study.tell(loose, [0.5, 7850.0])
+
+    first, second = study.get_trials()
+    assert first.constraints == {"params": (7850 - 5000) / 5000}  # relative violation, > 0: infeasible
+    assert second.constraints == {"params": (7850 - 10000) / 10000}
