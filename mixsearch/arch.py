@@ -171,12 +171,21 @@ class MixerArch:
         }
 
     def describe(self) -> str:
-        """One short line for tables: shape, patching and what is shared."""
-        shared = [s for s, g in self.sharing.items() if len(set(g)) < len(g)]
+        """One short line for tables, whole at 100 columns: shape, patching and what is shared.
+
+        ``D24/96``: token and channel hidden widths; ``P4d3``: patch 4, dilation 3;
+        ``shared: token fc1+fc2``: the sites whose weights layers share, grouped by mixer.
+        """
         mixing = f" raft{self.raft_size}" if self.token_mixing == "raft" else ""
-        text = (f"mixer L{self.layers} C{self.channels} Ds{self.token_hidden} Dc{self.channel_hidden} "
-                f"P{self.patch_size}d{self.dilation} S{self.num_tokens}{mixing}")
-        return text + (f" shared:{','.join(shared)}" if shared else "")
+        text = (f"mixer L{self.layers} C{self.channels} D{self.token_hidden}/{self.channel_hidden} "
+                f"P{self.patch_size}d{self.dilation}{mixing}")
+        groups: dict[str, list[str]] = {}
+        for site, group in self.sharing.items():
+            if len(set(group)) < len(group):
+                mixer, _, layer = site.rpartition(".")
+                groups.setdefault(mixer.replace(".", " "), []).append(layer)
+        shared = ", ".join(f"{mixer} {'+'.join(layers)}" for mixer, layers in groups.items())
+        return text + (f" shared: {shared}" if shared else "")
 
 
 @dataclass(frozen=True)

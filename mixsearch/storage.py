@@ -245,3 +245,26 @@ class TrialSlotLock:
         release, self._release = self._release, None
         if release is not None:
             release()
+
+
+def run_storage(given: str | None, study_name: str, jobs: int = 1) -> tuple[str, str | None]:
+    """The storage URL a run uses, and a note on why when it is a default (see default_run_storage)."""
+    if given:
+        # A file path is fine when its suffix says what it is; anything else must be a URL.
+        if Path(given).suffix in (".db", ".sqlite", ".sqlite3", *JOURNAL_SUFFIXES):
+            given = normalize_url(given)
+        return given, None
+    return default_run_storage(study_name, jobs)
+
+
+def resolve_target(target: str, study_name: str | None) -> tuple[str, str | None]:
+    """(storage URL, study name) of a command's target: a spec file names both; anything else
+    is a storage URL or file."""
+    if target.endswith((".yaml", ".yml")):
+        from .spec import load_spec
+
+        spec = load_spec(target)
+        return spec.study.storage or default_run_storage(spec.study.name)[0], study_name or spec.study.name
+    if "://" not in target and not target.startswith("journal:") and not Path(target).exists():
+        raise UsageError(f"{target}: no such file; give a spec YAML, a .db file or a storage URL")
+    return normalize_url(target), study_name

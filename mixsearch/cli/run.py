@@ -1,0 +1,167 @@
+"""``run`` and ``worker``: the search commands, their progress display and terminal signal wiring."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..errors import MixsearchError
+from .render import console, print_front, print_note, trial_line
+
+
+class RichReporter:
+    """Shows a bar over trials and the running trial's epoch and validation accuracy."""
+
+    def __init__(self, progress: Progress, task, objectives: list[str]):
+        self.progress = progress
+        self.task = task
+        self.objectives = objectives
+
+    def data_loaded(self, splits):
+        self.progress.console.print(f"data: {splits.source}; train {len(splits.train_y)}, "
+                                    f"val {len(splits.val_y)}, test {len(splits.test_y)}", highlight=False)
+
+    def study_opened(self, finished, target):
+        self.progress.update(self.task, completed=min(finished, target), total=target)
+        if finished:
+            self.progress.console.print(f"resuming: {finished} trials already finished", highlight=False)
+
+    def trial_started(self, number, arch):
+        self.progress.update(self.task, status=f"trial {number}: {arch.describe()}")
+
+    def epoch_done(self, number, result, epochs):
+        self.progress.update(self.task, status=f"trial {number}: epoch {result.epoch}/{epochs} "
+                                                f"val acc {result.val_accuracy:.4f}")
+
+    def trial_finished(self, trial):
+        from ..trial import FINISHED
+
+        if trial.state in FINISHED:
+            self.progress.advance(self.task)
+        self.progress.console.print(trial_line(trial, self.objectives), highlight=False)
+
+
+class LineReporter:
+    """Plain lines, one per finished trial: several workers can share a terminal."""
+
+    def __init__(self, name: str, objectives: list[str]):
+        self.name = name
+        self.objectives = objectives
+
+    def data_loaded(self, splits): ...
+    def study_opened(self, finished, target): ...
+    def trial_started(self, number, arch): ...
+    def epoch_done(self, number, result, epochs): ...
+
+    def trial_finished(self, trial):
+        print(f"{self.name}: {trial_line(trial, self.objectives)}", flush=True)
+
+
+class FirstInterrupt:
+    """Ctrl-C once: the running trial fails as "interrupted" and the summary prints. Twice: quit now."""
+
+    def __init__(self):
+        self.previous = None
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+def _load_checked(path: str):
+    from ..spec import load_spec
+    from ..validate import require_buildable
+
+    spec = load_spec(path)
+    require_buildable(spec)
+    return spec
+
+
+def cmd_run(args) -> int:
+    from ..storage import mask_password, run_storage
+    from ..study import run_study
+
+    spec = _load_checked(args.spec)
+    if args.jobs > 1:
+        return _run_jobs(args, spec)
+    target = args.trials or spec.study.trials
+    columns = [TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[status]}")]
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("trials", total=target, status="loading data")
+        reporter = RichReporter(progress, task, list(spec.objectives))
+        url, _ = run_storage(args.storage or spec.study.storage, spec.study.name, 1)
+        progress.console.print(f"study {spec.study.name} in {mask_password(url)}", highlight=False)
+        with FirstInterrupt():
+            summary = run_study(spec, storage_url=url, trials=args.trials, timeout=args.timeout,
+                                seed=args.seed, reporter=reporter, artifacts=args.artifacts)
+            progress.update(task, status="interrupted" if summary.interrupted else "done")
+    console.print(f"{summary.added} trials added in {summary.seconds:.0f} s; "
+                  f"{summary.finished} finished of {target} wanted.", highlight=False)
+    print_front(summary.study, mask_password(summary.storage_url))
+    if summary.interrupted:
+        print_note("interrupted: the running trial is marked failed; run the same command to resume")
+        return 130
+    return 0
+
+
+def cmd_worker(args) -> int:
+    """One more worker on a shared study: trial lines, no progress bar, no Pareto table."""
+    import secrets
+
+    import torch
+
+    from ..storage import mask_password, run_storage
+    from ..study import run_study
+
+    spec = _load_checked(args.spec)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    url, _ = run_storage(args.storage or spec.study.storage, spec.study.name, 2)
+    seed = spec.study.seed if args.seed is None else args.seed
+    sampler_seed = seed + args.index if args.index is not None else secrets.randbelow(2**31)
+    name = f"worker {args.index}" if args.index is not None else "worker"
+    with FirstInterrupt():
+        summary = run_study(spec, storage_url=url, trials=args.trials, timeout=args.timeout, seed=args.seed,
+                            reporter=LineReporter(name, list(spec.objectives)), sampler_seed=sampler_seed,
+                            artifacts=args.artifacts)
+    print(f"{name}: {summary.added} trials added in {summary.seconds:.0f} s; {summary.finished} finished "
+          f"in {mask_password(url)}", flush=True)
+    return 130 if summary.interrupted else 0
+
+
+def _run_jobs(args, spec) -> int:
+    """``run --jobs N``: N ``mixsearch worker`` processes on one study, CPU threads split between them."""
+    from ..parallel import run_parallel
+    from ..storage import mask_password
+
+    def announce(plan) -> None:
+        console.print(f"study {spec.study.name} in {mask_password(plan.storage_url)}; {plan.jobs} workers, "
+                      f"{plan.threads} torch threads each" + (f" ({plan.note})" if plan.note else ""),
+                      highlight=False)
+
+    summary = run_parallel(spec, args.jobs, storage_url=args.storage, trials=args.trials, timeout=args.timeout,
+                           seed=args.seed, artifacts=args.artifacts, on_start=announce)
+    if summary.study is not None:
+        print_front(summary.study, mask_password(summary.storage_url))
+    if summary.failed:
+        raise MixsearchError(f"{len(summary.failed)} of {args.jobs} workers failed (exit codes {summary.failed}); "
+                             "see their output above")
+    if summary.interrupted:
+        print_note("interrupted: running trials are marked failed; run the same command to resume")
+        return 130
+    return 0

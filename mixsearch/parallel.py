@@ -1,0 +1,117 @@
+"""Several worker processes on one study, on this machine: spawn, supervise, forward interrupts.
+
+Each worker is a ``mixsearch worker`` process running ``run_study`` on the shared storage, so a
+crash in one trial takes down one worker, not the run. CPU threads are split between workers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import optuna
+
+from .errors import UsageError
+from .spec import Spec
+from .storage import load_study, mask_password, open_storage, run_storage, study_names
+
+STARTUP_POLL_SECONDS = 0.2  # how often the first worker is checked for having created the study
+
+
+@dataclass
+class WorkerPlan:
+    storage_url: str
+    jobs: int
+    threads: int  # torch CPU threads per worker
+    note: str | None  # why the storage is what it is, when it was chosen for the workers
+
+
+@dataclass
+class ParallelSummary:
+    study: optuna.Study | None  # None when no worker got as far as creating the study
+    storage_url: str
+    exit_codes: list[int] = field(default_factory=list)
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[int]:
+        """Exit codes of the workers that failed (130 is an interrupted worker, not a failure)."""
+        return [c for c in self.exit_codes if c not in (0, 130)]
+
+
+def plan_workers(spec: Spec, jobs: int, storage_url: str | None = None) -> WorkerPlan:
+    url, note = run_storage(storage_url or spec.study.storage, spec.study.name, jobs)
+    threads = max(1, len(os.sched_getaffinity(0)) // jobs)
+    return WorkerPlan(url, jobs, threads, note)
+
+
+def worker_command(spec: Spec, plan: WorkerPlan, trials: int | None = None, timeout: float | None = None,
+                   seed: int | None = None, artifacts: str | None = None) -> list[str]:
+    """The ``mixsearch worker`` command line every worker runs (``--index`` is added per worker)."""
+    if not Path(spec.source).is_file():
+        raise UsageError(f"{spec.source}: parallel workers read the spec from its file; load it with load_spec")
+    command = [sys.executable, "-m", "mixsearch", "worker", spec.source, "--storage", plan.storage_url,
+               "--threads", str(plan.threads)]
+    for flag, value in (("--trials", trials), ("--timeout", timeout), ("--seed", seed), ("--artifacts", artifacts)):
+        if value is not None:
+            command += [flag, str(value)]
+    return command
+
+
+def run_parallel(spec: Spec, jobs: int, storage_url: str | None = None, trials: int | None = None,
+                 timeout: float | None = None, seed: int | None = None, artifacts: str | None = None,
+                 on_start: Callable[[WorkerPlan], None] | None = None) -> ParallelSummary:
+    """Run ``jobs`` worker processes on the study until it has ``trials`` finished trials.
+
+    ``spec`` must come from a file (``load_spec``): the workers read it again. Without a storage,
+    several workers share the journal file ``studies/<name>.log`` (see ``default_run_storage``).
+    A KeyboardInterrupt is passed on to every worker once (each fails its running trial and
+    exits); a second one kills them and propagates. Workers print their own trial lines.
+    """
+    plan = plan_workers(spec, jobs, storage_url)
+    command = worker_command(spec, plan, trials, timeout, seed, artifacts)
+    if on_start is not None:
+        on_start(plan)
+    started = time.perf_counter()
+    name = spec.study.name
+    storage = open_storage(plan.storage_url)
+    # Own process groups: a terminal's Ctrl-C reaches only this process, which passes on exactly
+    # one SIGINT (a second one would make a worker quit without failing its trial).
+    workers = [subprocess.Popen(command + ["--index", "0"], process_group=0)]
+    interrupted = False
+    try:
+        # The first worker creates the study; the others join it once it exists.
+        while workers[0].poll() is None and name not in study_names(storage):
+            time.sleep(STARTUP_POLL_SECONDS)
+        if workers[0].poll() is None or name in study_names(storage):
+            workers += [subprocess.Popen(command + ["--index", str(i)], process_group=0) for i in range(1, jobs)]
+    except KeyboardInterrupt:
+        interrupted = True
+        _interrupt(workers)
+    while True:
+        try:
+            codes = [w.wait() for w in workers]
+            break
+        except KeyboardInterrupt:
+            if interrupted:
+                for w in workers:
+                    w.kill()
+                raise
+            interrupted = True
+            _interrupt(workers)
+    study = load_study(storage, name, mask_password(plan.storage_url)) if name in study_names(storage) else None
+    return ParallelSummary(study, plan.storage_url, codes, interrupted or 130 in codes,
+                           time.perf_counter() - started)
+
+
+def _interrupt(workers: list[subprocess.Popen]) -> None:
+    for w in workers:
+        if w.poll() is None:
+            w.send_signal(signal.SIGINT)
