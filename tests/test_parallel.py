@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
@@ -72,3 +74,18 @@ def test_ctrl_c_stops_every_worker_cleanly(tmp_path, write_spec):
     assert not study.get_trials(states=(TrialState.RUNNING,))
     failed = study.get_trials(states=(TrialState.FAIL,))
     assert len(failed) == 2 and all(t.user_attrs["reason"] == "interrupted" for t in failed)
+
+
+def test_run_study_with_jobs_runs_workers_from_python(tmp_path, write_spec, monkeypatch):
+    from mixsearch.parallel import ParallelSummary
+    from mixsearch.spec import load_spec
+    from mixsearch.study import run_study
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the workers import this copy
+    spec = load_spec(write_spec(train={"epochs": 1}))
+    summary = run_study(spec, trials=3, jobs=2)
+    assert isinstance(summary, ParallelSummary)
+    assert summary.exit_codes == [0, 0] and not summary.failed and not summary.interrupted
+    assert summary.storage_url == "journal:studies/tiny.log"
+    assert len(summary.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3
