@@ -41,8 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run or resume the study a spec declares")
     run.add_argument("spec", help="the spec YAML file, e.g. spaces/mnist.yaml")
     run.add_argument("--storage", help="Optuna storage URL (default: study.storage or sqlite:///studies/<name>.db)")
-    run.add_argument("--trials", type=_positive_int, help="finished trials wanted in total (default: study.trials)")
-    run.add_argument("--timeout", type=_seconds, help="stop starting new trials after this many seconds")
     run.add_argument("--seed", type=_seed, help="sampler and training seed (default: study.seed)")
     run.add_argument("--jobs", type=_positive_int, default=1,
                      help="worker processes on this machine (default 1); with the default storage, "
@@ -51,13 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="join a study as one more worker (e.g. on another machine)")
     worker.add_argument("spec", help="the same spec YAML file the other workers use")
     worker.add_argument("--storage", help="the shared storage URL, e.g. postgresql://user:pass@host/db")
-    worker.add_argument("--trials", type=_positive_int, help="finished trials wanted in total (default: study.trials)")
-    worker.add_argument("--timeout", type=_seconds, help="stop starting new trials after this many seconds")
     worker.add_argument("--seed", type=_seed, help="training seed (default: study.seed)")
     worker.add_argument("--index", type=_seed, help="worker number: sampler seed = seed + index "
                         "(default: a random sampler seed, so that workers explore differently)")
     worker.add_argument("--threads", type=_positive_int, help="torch CPU threads for this worker")
     for command in (run, worker):
+        command.add_argument("--trials", type=_positive_int, help="finished trials wanted in total (default: study.trials)")
+        command.add_argument("--timeout", type=_seconds, help="stop starting new trials after this many seconds")
         command.add_argument("--artifacts", metavar="DIR", help="artifact store directory for trained trials' files "
                              "(default: artifacts/<name>/ beside a SQLite or journal file, else studies/artifacts)")
 
