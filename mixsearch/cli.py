@@ -340,7 +340,7 @@ def _require_buildable(spec) -> None:
     from .space import corner_archs
 
     input_shape, num_classes = dataset_info(spec.data)
-    corners = corner_archs(spec.space, input_shape, num_classes)
+    corners = corner_archs(spec.space, input_shape, num_classes, batch_size=spec.measure.latency_batch_size)
     if corners and all(c.arch is None for c in corners):
         raise UsageError(f"{spec.source}: space: no buildable arch; e.g. {corners[0].error}")
 
@@ -349,27 +349,26 @@ def _require_buildable(spec) -> None:
 
 def cmd_validate(args) -> int:
     from .data import dataset_info
-    from .measure import count_flops, count_params
-    from .models import build_model
     from .space import corner_archs, count_space
 
     from .spec import load_spec
 
     spec = load_spec(args.spec)
     input_shape, num_classes = dataset_info(spec.data)
-    corners = corner_archs(spec.space, input_shape, num_classes)
+    corners = corner_archs(spec.space, input_shape, num_classes, batch_size=spec.measure.latency_batch_size)
     table = Table(title=f"{spec.source}: archs at the extremes of each choice")
-    for column in ("arch", "params", "FLOPs", "set by"):
-        table.add_column(column, justify="right" if column in ("params", "FLOPs") else "left")
+    for column in ("arch", "params", "FLOPs", "memory", "set by"):
+        table.add_column(column, justify="right" if column in ("params", "FLOPs", "memory") else "left")
     buildable = 0
     for corner in corners:
         setting = corner.label
         if corner.arch is None:
-            table.add_row(f"[red]impossible: {corner.error}[/]", "-", "-", setting)
+            table.add_row(f"[red]impossible: {corner.error}[/]", "-", "-", "-", setting)
             continue
-        model = build_model(corner.arch)
-        buildable += 1
-        table.add_row(corner.arch.describe(), f"{count_params(model):,}", f"{count_flops(model, input_shape):,}", setting)
+        buildable += 1  # counted on a meta model by corner_archs: nothing was allocated
+        sizes = corner.sizes
+        table.add_row(corner.arch.describe(), f"{sizes.params:,}", f"{sizes.flops:,}",
+                      _format_value("memory", sizes.memory.peak_bytes), setting)
     console.print(table)
     size = count_space(spec.space, input_shape, num_classes)
     recipe_sizes = [c.size() for c in spec.train.values()]
@@ -443,6 +442,8 @@ def _format_value(name: str, value: float) -> str:
         return f"{value:.4f}"
     if name == "latency":
         return f"{value:.3f} ms"
+    if name == "memory":
+        return f"{value / 2**10:,.1f} KiB"
     return f"{int(value):,}"
 
 

@@ -30,7 +30,7 @@ from .spec import DIRECTIONS, load_yaml
 
 FORMAT = "mixsearch-export/1"
 METRIC_KEYS = ("val_accuracy", "flops", "inference_params", "inference_flops", "latency_ms", "latency_iqr_ms",
-               "epochs_run", "train_seconds")
+               "weight_bytes", "memory_bytes", "epochs_run", "train_seconds")
 
 
 # -- reading an exported file ------------------------------------------------------------------
@@ -354,8 +354,8 @@ def retrain(path: str | Path, out_dir: str | Path = "retrained", epochs: int | N
     (with the same number of torch threads). Writes ``OUT/<name>.yaml`` and its weights.
     """
     from .data import load_splits
-    from .measure import MeasureConfig, measure_static
-    from .models import build_model, inference_model
+    from .measure import STATIC_ATTRS, MeasureConfig, measure_static
+    from .models import build_model
     from .train import evaluate, resolve_device, train
 
     exported = read_export(path)
@@ -376,7 +376,7 @@ def retrain(path: str | Path, out_dir: str | Path = "retrained", epochs: int | N
     # The same order of random draws as a study trial: seed, build, measure, train.
     torch.manual_seed(seed)
     model = build_model(exported.arch)
-    static = measure_static(model, inference_model(model), splits.input_shape, measure, with_latency=True)
+    static = measure_static(exported.arch, model, splits.input_shape, measure)
     model.to(device)
     result = train(model, splits, recipe, seed=seed, on_epoch=on_epoch)
     test_accuracy = evaluate(model, splits.test_x, splits.test_y)
@@ -386,8 +386,7 @@ def retrain(path: str | Path, out_dir: str | Path = "retrained", epochs: int | N
     except OSError as exc:
         raise MixsearchError(f"-o {out}: cannot create it ({exc.strerror})") from None
     stem = exported.path.stem
-    values = {"accuracy": result.val_accuracy, "params": static.params, "flops": static.flops,
-              "latency": static.latency_ms}
+    values = {"accuracy": result.val_accuracy, **{name: static.objective(name) for name in STATIC_ATTRS}}
     names = list((exported.data.get("objectives") or {}).keys()) or ["accuracy", "params", "flops", "latency"]
     curve = [{"epoch": e.epoch, "train_loss": round(e.train_loss, 5), "val_accuracy": round(e.val_accuracy, 5),
               "seconds": round(e.seconds, 3)} for e in result.curve]

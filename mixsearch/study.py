@@ -25,8 +25,8 @@ from .arch import Arch, arch_hash
 from .artifacts import refresh_plots, save_trial_artifacts, should_refresh, study_artifact_store
 from .data import Splits, dataset_info, load_splits
 from .errors import ArchError, MixsearchError, UsageError
-from .measure import StaticMetrics, measure_static
-from .models import build_model, inference_model
+from .measure import STATIC_ATTRS, StaticMetrics, measure_static, runtime_description, static_sizes, stored_latency
+from .models import build_model
 from .pruning import MultiObjectivePruner, TrialView, make_pruner
 from .space import count_space
 from .spec import Spec
@@ -144,6 +144,7 @@ class Objective:
         spec = self.spec
         try:
             arch = spec.space.sample(trial, self.splits.input_shape, self.splits.num_classes)
+            sizes = static_sizes(arch, self.splits.input_shape, spec.measure.latency_batch_size)
         except ArchError as exc:
             self._prune(trial, f"impossible arch: {exc}", 0)
         recipe = spec.sample_recipe(trial)
@@ -162,8 +163,11 @@ class Objective:
         trial.set_user_attr("seed", self.seed + trial.number)  # `mixsearch train` repeats the trial with it
         torch.manual_seed(self.seed + trial.number)
         model = build_model(arch)
-        static = measure_static(model, inference_model(model), self.splits.input_shape, spec.measure,
-                                with_latency=True)
+        try:  # a repeat of an arch (any recipe) reuses its latency; an arch ONNX cannot express is impossible
+            static = measure_static(arch, model, self.splits.input_shape, spec.measure, sizes=sizes,
+                                    stored=stored_latency(trial.study, arch_hash(arch)))
+        except ArchError as exc:
+            self._prune(trial, f"impossible arch: {exc}", 0)
         self._record_static(trial, static)
         violations = self._check_constraints(trial, static)
         if violations:
@@ -274,13 +278,11 @@ class Objective:
             curve = [e["val_accuracy"] for e in other.user_attrs.get("curve", [])]
             if not curve or "duplicate_of" in other.user_attrs:
                 continue
-            static = {name: float(other.user_attrs[key]) for name, key in _STATIC_ATTRS.items()
+            static = {name: float(other.user_attrs[key]) for name, key in STATIC_ATTRS.items()
                       if name in self.spec.objectives and other.user_attrs.get(key) is not None}
             views.append(TrialView(other.number, curve, static, finished=other.state == TrialState.COMPLETE))
         return views
 
-
-_STATIC_ATTRS = {"params": "params", "flops": "flops", "latency": "latency_ms"}
 
 
 def _epoch_dict(result: EpochResult) -> dict[str, float]:
@@ -317,6 +319,7 @@ def open_study(spec: Spec, storage_url: str, seed: int, create: bool = True) -> 
             study.set_metric_names(list(spec.objectives))
         study.set_user_attr("spec_file", spec.source)
         study.set_user_attr("spec", json.loads(json.dumps(spec.raw, default=str)))
+        study.set_user_attr("latency_runtime", runtime_description(spec.measure.runtime))
     elif list(study.metric_names) != list(spec.objectives):
         raise UsageError(f"{spec.source}: objectives {list(spec.objectives)} differ from the existing study "
                          f"{spec.study.name!r} in {shown} ({list(study.metric_names)}); use another study.name")
