@@ -2,7 +2,7 @@
 
 Two runtimes share one timing rule (``time_calls``): warm-up, then blocks of calls until
 ``latency_min_time`` seconds are spent, the median and interquartile range of the per-call time
-over the blocks.
+over the blocks. With one thread the clock is the thread's CPU time (see ``time_calls``).
 
 - ``onnxruntime`` (the default): the inference form is exported to ONNX in memory (nothing is
   written to disk) and run by an ``InferenceSession`` with ``latency_threads`` intra-op threads,
@@ -48,22 +48,28 @@ def runtime_description(runtime: str) -> str:
     return f"torch {torch.__version__}"
 
 
-def time_calls(call: Callable[[], object], min_time: float) -> Latency:
-    """Median and IQR of one call's time in ms, over blocks of calls filling ``min_time`` seconds."""
-    started = time.perf_counter()
+def time_calls(call: Callable[[], object], min_time: float, threads: int = 1) -> Latency:
+    """Median and IQR of one call's time in ms, over blocks of calls filling ``min_time`` seconds.
+
+    With one thread both runtimes compute on the calling thread, so its CPU time is the clock:
+    time the OS gives to other processes is not counted, and a shared machine ranks archs as an
+    idle one would. With more threads the work is spread over a pool: wall-clock time.
+    """
+    clock = time.thread_time if threads == 1 else time.perf_counter
+    started = clock()
     calls = 0
-    while calls < 3 or time.perf_counter() - started < WARMUP_SECONDS:
+    while calls < 3 or clock() - started < WARMUP_SECONDS:
         call()
         calls += 1
-    per_call = (time.perf_counter() - started) / calls
+    per_call = (clock() - started) / calls
     number = max(1, int(BLOCK_SECONDS / max(per_call, 1e-9)))
     blocks: list[float] = []
     spent = 0.0
     while spent < min_time or len(blocks) < MIN_BLOCKS:
-        begin = time.perf_counter()
+        begin = clock()
         for _ in range(number):
             call()
-        elapsed = time.perf_counter() - begin
+        elapsed = clock() - begin
         blocks.append(elapsed / number)
         spent += elapsed
     quartiles = statistics.quantiles(blocks, n=4, method="inclusive")
@@ -116,13 +122,13 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], runtime: str
     """Latency of one forward pass of the inference form ``model`` in ``runtime``."""
     example = torch.randn((batch_size, *input_shape), generator=torch.Generator().manual_seed(0))
     if runtime == "onnxruntime":
-        return time_calls(onnx_call(model, example, threads), min_time)
+        return time_calls(onnx_call(model, example, threads), min_time, threads)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         def call():
             with torch.inference_mode():
                 return model(example)
-        return time_calls(call, min_time)
+        return time_calls(call, min_time, threads)
     finally:
         torch.set_num_threads(previous)
