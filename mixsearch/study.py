@@ -284,7 +284,6 @@ class Objective:
         return views
 
 
-
 def _epoch_dict(result: EpochResult) -> dict[str, float]:
     return {"epoch": result.epoch, "train_loss": round(result.train_loss, 5),
             "val_accuracy": round(result.val_accuracy, 5), "seconds": round(result.seconds, 3)}
