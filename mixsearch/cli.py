@@ -340,7 +340,8 @@ def _require_buildable(spec) -> None:
     from .space import corner_archs
 
     input_shape, num_classes = dataset_info(spec.data)
-    corners = corner_archs(spec.space, input_shape, num_classes, batch_size=spec.measure.latency_batch_size)
+    corners = corner_archs(spec.space, input_shape, num_classes, batch_size=spec.measure.latency_batch_size,
+                           until_buildable=True)
     if corners and all(c.arch is None for c in corners):
         raise UsageError(f"{spec.source}: space: no buildable arch; e.g. {corners[0].error}")
 

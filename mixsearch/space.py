@@ -223,7 +223,8 @@ class Corner:
     sizes: Any = None  # measure.StaticSizes of the arch: counted without allocating it
 
 
-def corner_archs(space, input_shape, num_classes, limit: int = 200, batch_size: int = 1) -> list[Corner]:
+def corner_archs(space, input_shape, num_classes, limit: int = 200, batch_size: int = 1,
+                 until_buildable: bool = False) -> list[Corner]:
     """One arch per extreme of every choice (others at their low end), plus the all-low and
     all-high corners; each distinct arch once. Impossible combinations come back with their error.
     """
@@ -248,6 +249,8 @@ def corner_archs(space, input_shape, num_classes, limit: int = 200, batch_size: 
         if digest not in seen:
             seen.add(digest)
             corners.append(Corner(label, dict(probe.params), arch, sizes=sizes))
+            if until_buildable:  # enough to know the space is not empty; sizing each corner costs
+                break
         if not probe.overrides:
             for name, extremes in probe.asked.items():
                 for value in extremes:
