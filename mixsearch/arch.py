@@ -66,6 +66,12 @@ def canonical_groups(groups: tuple[int, ...] | list[int]) -> tuple[int, ...]:
     return tuple(mapping.setdefault(g, len(mapping)) for g in groups)
 
 
+def check_size_limits(arch: "Arch") -> None:
+    """The depth and width limits, before a long arch is walked (see ``measure.sizes``)."""
+    from .measure.sizes import check_shape  # measure builds models from archs: imported late
+    check_shape(arch)
+
+
 def _check_int(name: str, value: Any, low: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ArchError(f"{name} must be an integer >= {low} (got {value!r})")
@@ -118,6 +124,7 @@ class MixerArch:
         for name in ("in_channels", "num_classes", "layers", "channels", "token_hidden",
                      "channel_hidden", "patch_size", "dilation", "raft_size"):
             _check_int(name, getattr(self, name))
+        check_size_limits(self)
         if self.token_mixing not in TOKEN_MIXING:
             raise ArchError(f"token_mixing must be one of {', '.join(TOKEN_MIXING)} (got {self.token_mixing!r})")
         rows, cols = self.grid
@@ -131,12 +138,11 @@ class MixerArch:
         for site, groups in self.sharing.items():
             if len(groups) != self.layers:
                 raise ArchError(f"sharing.{site} has {len(groups)} entries for {self.layers} layers")
-            seen: list[int] = []
-            for g in groups:
-                if g in seen and seen[-1] != g:
+            seen: set[int] = set()
+            for previous, g in zip((None, *groups), groups):
+                if g != previous and g in seen:
                     raise ArchError(f"sharing.{site} groups must be runs of consecutive layers (got {list(groups)})")
-                if not seen or seen[-1] != g:
-                    seen.append(g)
+                seen.add(g)
         for site, mode in self.bias.items():
             if mode not in BIAS_MODES:
                 raise ArchError(f"bias.{site} must be one of {', '.join(BIAS_MODES)} (got {mode!r})")
@@ -232,6 +238,7 @@ class MobileNetArch:
             raise ArchError(f"stem_stride must be 1 or 2 (got {self.stem_stride!r})")
         if not self.blocks:
             raise ArchError("a MobileNet needs at least one block")
+        check_size_limits(self)
         for i, block in enumerate(self.blocks):
             block.validate(i)
         size = min(self.image_size)

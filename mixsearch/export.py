@@ -28,7 +28,7 @@ from .spec import DIRECTIONS, load_yaml
 
 FORMAT = "mixsearch-export/1"
 METRIC_KEYS = ("val_accuracy", "flops", "inference_params", "inference_flops", "latency_ms", "latency_iqr_ms",
-               "epochs_run", "train_seconds")
+               "weight_bytes", "memory_bytes", "epochs_run", "train_seconds")
 
 
 # -- reading an exported file ------------------------------------------------------------------

@@ -60,8 +60,8 @@ def retrain(path: str | Path, out_dir: str | Path = "retrained", epochs: int | N
     (with the same number of torch threads). Writes ``OUT/<name>.yaml`` and its weights.
     """
     from .data import load_splits
-    from .measure import MeasureConfig, measure_static
-    from .models import build_model, inference_model
+    from .measure import STATIC_ATTRS, MeasureConfig, measure_static
+    from .models import build_model
     from .train import evaluate, resolve_device, train
     from .trial import epoch_dict
 
@@ -83,7 +83,7 @@ def retrain(path: str | Path, out_dir: str | Path = "retrained", epochs: int | N
     # The same order of random draws as a study trial: seed, build, measure, train.
     torch.manual_seed(seed)
     model = build_model(exported.arch)
-    static = measure_static(model, inference_model(model), splits.input_shape, measure, with_latency=True)
+    static = measure_static(exported.arch, model, splits.input_shape, measure)
     model.to(device)
     result = train(model, splits, recipe, seed=seed, on_epoch=on_epoch)
     test_accuracy = evaluate(model, splits.test_x, splits.test_y)
@@ -93,8 +93,7 @@ def retrain(path: str | Path, out_dir: str | Path = "retrained", epochs: int | N
     except OSError as exc:
         raise MixsearchError(f"-o {out}: cannot create it ({exc.strerror})") from None
     stem = exported.path.stem
-    values = {"accuracy": result.val_accuracy, "params": static.params, "flops": static.flops,
-              "latency": static.latency_ms}
+    values = {"accuracy": result.val_accuracy, **{name: static.objective(name) for name in STATIC_ATTRS}}
     names = list((exported.data.get("objectives") or {}).keys()) or ["accuracy", "params", "flops", "latency"]
     curve = [epoch_dict(e) for e in result.curve]
     record = {key: value for key, value in exported.data.items() if key not in ("weights", "onnx", "onnx_max_difference")}

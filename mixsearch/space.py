@@ -15,6 +15,7 @@ from .arch import (BLOCK_MODES, BIAS_MODES, TOKEN_MIXING, Arch, BlockArch, Mixer
                    MobileNetArch, MIXER_FULL_SITES, MIXER_RAFT_SITES, arch_hash, mixer_sites)
 from .choices import Choice, Fixed, Rule
 from .errors import ArchError
+from .measure.sizes import static_sizes
 
 SHARING_MODES = ("none", "all", "group", "tie")
 FUSION_STRATEGIES = ("uniform", "per_block", "first_k")
@@ -219,9 +220,11 @@ class Corner:
     params: dict[str, Any]
     arch: Arch | None
     error: str | None = None
+    sizes: Any = None  # measure.StaticSizes of the arch: counted without allocating it
 
 
-def corner_archs(space, input_shape, num_classes, limit: int = 200) -> list[Corner]:
+def corner_archs(space, input_shape, num_classes, limit: int = 200, batch_size: int = 1,
+                 until_buildable: bool = False) -> list[Corner]:
     """One arch per extreme of every choice (others at their low end), plus the all-low and
     all-high corners; each distinct arch once. Impossible combinations come back with their error.
     """
@@ -238,13 +241,16 @@ def corner_archs(space, input_shape, num_classes, limit: int = 200) -> list[Corn
         label = ", ".join(f"{k}={v}" for k, v in probe.overrides.items()) or ("all high" if probe.side else "all low")
         try:
             arch = space.sample(probe, input_shape, num_classes)
+            digest = arch_hash(arch)
+            sizes = None if digest in seen else static_sizes(arch, input_shape, batch_size)  # over a limit: impossible
         except ArchError as exc:
             corners.append(Corner(label, dict(probe.params), None, str(exc)))
             continue
-        digest = arch_hash(arch)
         if digest not in seen:
             seen.add(digest)
-            corners.append(Corner(label, dict(probe.params), arch))
+            corners.append(Corner(label, dict(probe.params), arch, sizes=sizes))
+            if until_buildable:  # enough to know the space is not empty; sizing each corner costs
+                break
         if not probe.overrides:
             for name, extremes in probe.asked.items():
                 for value in extremes:

@@ -17,15 +17,15 @@ import yaml
 from .choices import REQUIRED, Categorical, Choice, FloatRange, Fixed, IntRange, Rule
 from .data import DATASETS, DataConfig
 from .errors import SpecError
-from .measure import MEASURE_RULES, MeasureConfig
+from .measure import MEASURE_RULES, STATIC_ATTRS, MeasureConfig
 from .pruning import PRUNERS
 from .space import SPACE_RULES, MixerSpace, MobileNetSpace, make_space
 from .train import TRAIN_RULES, TrainRecipe
 
-OBJECTIVES = ("accuracy", "params", "flops", "latency")
+OBJECTIVES = ("accuracy", *STATIC_ATTRS)
 # Accuracy is maximized; every cost is minimized. Fixed by kind, so a spec cannot get it wrong.
-DIRECTIONS = {"accuracy": "maximize", "params": "minimize", "flops": "minimize", "latency": "minimize"}
-CONSTRAINABLE = ("params", "flops", "latency")
+DIRECTIONS = {"accuracy": "maximize", **{name: "minimize" for name in STATIC_ATTRS}}
+CONSTRAINABLE = tuple(STATIC_ATTRS)
 SAMPLERS = ("tpe", "nsga2", "nsga3", "random", "gp", "grid")
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 

@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from .artifacts import refresh_plots, should_refresh, study_artifact_store
 from .data import dataset_info, load_splits
 from .errors import ArchError, MixsearchError, UsageError
+from .measure import runtime_description
 from .optuna_compat import fail_running_trial, storage_of
 from .pruning import make_pruner
 from .space import count_space
@@ -109,6 +110,7 @@ def open_study(spec: Spec, storage_url: str, seed: int, create: bool = True) -> 
             study.set_metric_names(list(spec.objectives))
         study.set_user_attr("spec_file", spec.source)
         study.set_user_attr("spec", json.loads(json.dumps(spec.raw, default=str)))
+        study.set_user_attr("latency_runtime", runtime_description(spec.measure.runtime))
     elif list(study.metric_names) != list(spec.objectives):
         raise UsageError(f"{spec.source}: objectives {list(spec.objectives)} differ from the existing study "
                          f"{spec.study.name!r} in {shown} ({list(study.metric_names)}); use another study.name")

@@ -25,8 +25,8 @@ from .arch import Arch, arch_hash
 from .artifacts import save_trial_artifacts
 from .data import Splits
 from .errors import ArchError
-from .measure import StaticMetrics, measure_static
-from .models import build_model, inference_model
+from .measure import STATIC_ATTRS, StaticMetrics, StaticSizes, measure_static, static_sizes, stored_latency
+from .models import build_model
 from .optuna_compat import fail_running_trial
 from .pruning import MultiObjectivePruner, TrialView
 from .spec import Spec
@@ -35,7 +35,6 @@ from .train import DivergenceError, EpochResult, TrainRecipe, TrainResult, evalu
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Attributes of an original that a duplicate does not copy: they describe that run, not the arch.
 _NOT_COPIED = ("train_seconds", "retry_of", "retries", "reason", "pruned_reason", "pruned_epoch")
-_STATIC_ATTRS = {"params": "params", "flops": "flops", "latency": "latency_ms"}
 
 
 class Reporter:
@@ -74,12 +73,14 @@ class Sampled:
     arch: Arch
     recipe: TrainRecipe
     identity: str
+    sizes: StaticSizes  # params, FLOPs and memory, counted without allocating the model
 
 
 def sample(trial: optuna.Trial, spec: Spec, splits: Splits) -> Sampled:
     """Ask the trial for an arch and a recipe and record them; an impossible arch is pruned."""
     try:
         arch = spec.space.sample(trial, splits.input_shape, splits.num_classes)
+        sizes = static_sizes(arch, splits.input_shape, spec.measure.latency_batch_size)  # over a limit: impossible
     except ArchError as exc:
         prune(trial, f"impossible arch: {exc}", 0)
     recipe = spec.sample_recipe(trial)
@@ -89,18 +90,22 @@ def sample(trial: optuna.Trial, spec: Spec, splits: Splits) -> Sampled:
     trial.set_user_attr("family", arch.family)
     trial.set_user_attr("arch_hash", key)
     trial.set_user_attr("recipe", recipe.to_dict())
-    return Sampled(arch, recipe, key)
+    return Sampled(arch, recipe, key, sizes)
 
 
 # -- 2. static measures --------------------------------------------------------------------------
 
-def build_and_measure(trial: optuna.Trial, arch: Arch, spec: Spec, splits: Splits,
+def build_and_measure(trial: optuna.Trial, sampled: Sampled, spec: Spec, splits: Splits,
                       seed: int) -> tuple[torch.nn.Module, StaticMetrics]:
-    """Build the model from the trial's seed and record params, FLOPs and latency on the trial."""
+    """Build the model from the trial's seed and record its static figures on the trial."""
     trial.set_user_attr("seed", seed)  # `mixsearch train` repeats the trial with it
     torch.manual_seed(seed)
-    model = build_model(arch)
-    static = measure_static(model, inference_model(model), splits.input_shape, spec.measure, with_latency=True)
+    model = build_model(sampled.arch)
+    try:  # a repeat of an arch (any recipe) reuses its latency; an arch ONNX cannot express is impossible
+        static = measure_static(sampled.arch, model, splits.input_shape, spec.measure, sizes=sampled.sizes,
+                                stored=stored_latency(trial.study, arch_hash(sampled.arch)))
+    except ArchError as exc:
+        prune(trial, f"impossible arch: {exc}", 0)
     for key, value in static.to_dict().items():
         trial.set_user_attr(key, value)
     return model, static
@@ -180,7 +185,7 @@ def finished_views(study: optuna.Study, objectives: list[str]) -> list[TrialView
         curve = [e["val_accuracy"] for e in other.user_attrs.get("curve", [])]
         if not curve or "duplicate_of" in other.user_attrs:
             continue
-        static = {name: float(other.user_attrs[key]) for name, key in _STATIC_ATTRS.items()
+        static = {name: float(other.user_attrs[key]) for name, key in STATIC_ATTRS.items()
                   if name in objectives and other.user_attrs.get(key) is not None}
         views.append(TrialView(other.number, curve, static, finished=other.state == TrialState.COMPLETE))
     return views
@@ -271,7 +276,7 @@ class Objective:
         if original is not None:
             return reuse(trial, original)
         seed = self.seed + trial.number
-        model, static = build_and_measure(trial, sampled.arch, spec, splits, seed)
+        model, static = build_and_measure(trial, sampled, spec, splits, seed)
         if check_constraints(trial, spec.constraints, static):
             # The sampler learns from a complete trial marked infeasible; accuracy 0 keeps it
             # off any front, and best_trials ignores infeasible trials anyway.

@@ -6,8 +6,6 @@ from dataclasses import dataclass
 
 from .data import dataset_info
 from .errors import UsageError
-from .measure import count_flops, count_params
-from .models import build_model
 from .space import corner_archs, count_space
 from .spec import Spec
 
@@ -18,6 +16,7 @@ class Corner:
     summary: str | None  # the arch's one-line summary; None when impossible
     params: int | None
     flops: int | None
+    memory: int | None  # peak inference bytes at the latency batch size
     error: str | None  # why the corner is impossible
 
 
@@ -34,22 +33,24 @@ class SpecCheck:
 def require_buildable(spec: Spec) -> None:
     """Refuse a space whose every corner is impossible before any storage is touched."""
     input_shape, num_classes = dataset_info(spec.data)
-    corners = corner_archs(spec.space, input_shape, num_classes)
+    corners = corner_archs(spec.space, input_shape, num_classes, batch_size=spec.measure.latency_batch_size,
+                           until_buildable=True)
     if corners and all(c.arch is None for c in corners):
         raise UsageError(f"{spec.source}: space: no buildable arch; e.g. {corners[0].error}")
 
 
 def check_spec(spec: Spec) -> SpecCheck:
-    """Build and measure the arch at each corner of the space, and count the configurations."""
+    """Size the arch at each corner of the space (on a meta model: nothing is allocated), and
+    count the configurations."""
     input_shape, num_classes = dataset_info(spec.data)
     corners = []
-    for corner in corner_archs(spec.space, input_shape, num_classes):
+    for corner in corner_archs(spec.space, input_shape, num_classes, batch_size=spec.measure.latency_batch_size):
         if corner.arch is None:
-            corners.append(Corner(corner.label, None, None, None, corner.error))
+            corners.append(Corner(corner.label, None, None, None, None, corner.error))
             continue
-        model = build_model(corner.arch)
-        corners.append(Corner(corner.label, corner.arch.describe(), count_params(model),
-                              count_flops(model, input_shape), None))
+        sizes = corner.sizes
+        corners.append(Corner(corner.label, corner.arch.describe(), sizes.params, sizes.flops,
+                              sizes.memory.peak_bytes, None))
     size = count_space(spec.space, input_shape, num_classes)
     recipe_sizes = [c.size() for c in spec.train.values()]
     if size is not None and None not in recipe_sizes:

@@ -58,7 +58,7 @@ def test_data_seed_defaults_to_study_seed():
     ({"objectives": ["accuracy"]}, "objectives", "2 to 4"),
     ({"objectives": ["accuracy", "speed"]}, "objectives[1]", "accuracy, params, flops, latency"),
     ({"objectives": ["accuracy", "params", "params"]}, "objectives", "twice"),
-    ({"constraints": {"memory": 3}}, "constraints.memory", "allowed: params, flops, latency"),
+    ({"constraints": {"energy": 3}}, "constraints.energy", "allowed: params, flops, latency, memory"),
     ({"space": {"family": "resnet"}}, "space.family", "mixer, mobilenet"),
     ({"space": {"family": "mixer", "patch": 4}}, "space.patch", "allowed: family, layers"),
     ({"space": {"family": "mixer", "sharing": {"mode": ["none", "some"]}}}, "space.sharing.mode[1]", "none, all, group, tie"),
@@ -67,6 +67,7 @@ def test_data_seed_defaults_to_study_seed():
     ({"data": {"source": "s3://bucket"}}, "data.source", "idx:PATH"),
     ({"study": {"pruner": "hyperband"}}, "study.pruner", "none"),
     ({"measure": {"latency_threads": 0}}, "measure.latency_threads", ">= 1"),
+    ({"measure": {"runtime": "tflite"}}, "measure.runtime", "onnxruntime, torch"),
 ])
 def test_bad_fields_name_file_field_and_allowed_values(sections, field, allowed):
     sections.setdefault("space", dict(MINIMAL_SPACE))

@@ -32,12 +32,18 @@ def format_accuracy(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def format_bytes(value: float | None) -> str:
+    return "-" if value is None else f"{value / 2**10:,.1f} KiB"
+
+
 def format_value(name: str, value: float) -> str:
-    """An objective's value in its unit: accuracy, latency (ms), or a count (params, FLOPs)."""
+    """An objective's value in its unit: accuracy, latency (ms), memory (KiB), or a count."""
     if name == "accuracy":
         return format_accuracy(value)
     if name == "latency":
         return format_ms(value)
+    if name == "memory":
+        return format_bytes(value)
     return format_count(value)
 
 
@@ -96,13 +102,14 @@ def print_front(study, shown_url: str) -> None:
 def print_spec_check(spec, check) -> None:
     """``validate``: the corner archs table, the space size and the verdict line."""
     table = Table(title=f"{spec.source}: archs at the extremes of each choice")
-    for column in ("arch", "params", "FLOPs", "set by"):
-        table.add_column(column, justify="right" if column in ("params", "FLOPs") else "left")
+    for column in ("arch", "params", "FLOPs", "memory", "set by"):
+        table.add_column(column, justify="right" if column in ("params", "FLOPs", "memory") else "left")
     for corner in check.corners:
         if corner.summary is None:
-            table.add_row(f"[red]impossible: {corner.error}[/]", "-", "-", corner.label)
+            table.add_row(f"[red]impossible: {corner.error}[/]", "-", "-", "-", corner.label)
         else:
-            table.add_row(corner.summary, format_count(corner.params), format_count(corner.flops), corner.label)
+            table.add_row(corner.summary, format_count(corner.params), format_count(corner.flops),
+                          format_bytes(corner.memory), corner.label)
     console.print(table)
     console.print(f"family {spec.space.family}; objectives {', '.join(spec.objectives)}; sampler {spec.study.sampler}; "
                   f"pruner {spec.study.pruner}", highlight=False)

@@ -1,0 +1,160 @@
+"""Does the search-time latency rank archs the way they run? Both runtimes, side by side in one run.
+
+    .venv/bin/python bench/latency.py [--mixer 20] [--mobilenet 10] [--careful-factor 10] [--seed 0]
+
+Archs are drawn with Optuna's RandomSampler from the spaces of spaces/mnist.yaml and
+spaces/mnist-mobilenet.yaml (distinct archs only). For each runtime (onnxruntime, torch) every
+arch is measured as the search measures it (a fresh model, export and session, ``latency_min_time``
+of the spec) twice, independently, and then carefully: ``--careful-factor`` times the time, in
+interleaved rounds (every arch once per round) so that a burst of load from other processes hits
+all archs alike. It prints per runtime:
+
+- Kendall τ between the two search-time measurements (goal ≥ 0.95);
+- Kendall τ between the first search-time measurement and the careful one (goal ≥ 0.95);
+- the median relative spread of the two search-time measurements of one arch, |a - b| / mean(a, b)
+  (goal ≤ 2%);
+- the measurement cost per arch (export, session, timing; or timing alone for torch) against the
+  median training time of a default-study trial (goal ≤ 5%). That training time is one epoch of the
+  default recipe on the default data, timed for three of the drawn Mixer archs, times the recipe's
+  epochs.
+
+About 5 minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mixsearch.arch import arch_hash  # noqa: E402
+from mixsearch.data import dataset_info, load_splits  # noqa: E402
+from mixsearch.errors import ArchError  # noqa: E402
+from mixsearch.measure.latency import measure_latency  # noqa: E402
+from mixsearch.models import build_model, inference_model  # noqa: E402
+from mixsearch.spec import load_spec  # noqa: E402
+from mixsearch.train import train  # noqa: E402
+
+RUNTIMES = ("onnxruntime", "torch")
+
+
+def kendall_tau(a: list[float], b: list[float]) -> float:
+    """Kendall's τ-b: concordant minus discordant pairs, corrected for ties."""
+    concordant = discordant = ties_a = ties_b = 0
+    for i in range(len(a)):
+        for j in range(i + 1, len(a)):
+            da, db = a[i] - a[j], b[i] - b[j]
+            if da == 0 and db == 0:
+                continue
+            if da == 0:
+                ties_a += 1
+            elif db == 0:
+                ties_b += 1
+            elif (da > 0) == (db > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    denominator = ((concordant + discordant + ties_a) * (concordant + discordant + ties_b)) ** 0.5
+    return (concordant - discordant) / denominator if denominator else float("nan")
+
+
+def draw_archs(spec_path: Path, count: int, seed: int):
+    spec = load_spec(spec_path)
+    input_shape, num_classes = dataset_info(spec.data)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    archs, seen = [], set()
+    for _ in range(count * 50):
+        trial = study.ask()
+        try:
+            arch = spec.space.sample(trial, input_shape, num_classes)
+        except ArchError:
+            continue
+        if arch_hash(arch) not in seen:
+            seen.add(arch_hash(arch))
+            archs.append(arch)
+        if len(archs) == count:
+            break
+    return spec, input_shape, archs
+
+
+def search_time(arch, input_shape, runtime: str, min_time: float) -> tuple[float, float]:
+    """(median ms, seconds spent) of one measurement as a trial makes it: fresh model, export, session."""
+    torch.manual_seed(0)
+    model = inference_model(build_model(arch))
+    started = time.perf_counter()
+    latency = measure_latency(model, input_shape, runtime, 1, 1, min_time)
+    return latency.median_ms, time.perf_counter() - started
+
+
+def trial_train_seconds(spec_path: Path, archs) -> float:
+    spec = load_spec(spec_path)
+    splits = load_splits(spec.data)
+    recipe = spec.sample_recipe(optuna.create_study().ask())
+    seconds = []
+    for arch in archs:
+        torch.manual_seed(0)
+        model = build_model(arch)
+        result = train(model, splits, recipe.__class__(**{**recipe.to_dict(), "epochs": 1}), seed=0)
+        seconds.append(result.train_seconds * recipe.epochs)
+    return statistics.median(seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mixer", type=int, default=20)
+    parser.add_argument("--mobilenet", type=int, default=10)
+    parser.add_argument("--careful-factor", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the careful measurement")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    torch.set_num_threads(1)
+
+    spec, input_shape, mixers = draw_archs(ROOT / "spaces/mnist.yaml", args.mixer, args.seed)
+    _, _, mobilenets = draw_archs(ROOT / "spaces/mnist-mobilenet.yaml", args.mobilenet, args.seed)
+    archs = mixers + mobilenets
+    min_time = spec.measure.latency_min_time
+    print(f"{len(mixers)} Mixer + {len(mobilenets)} MobileNet archs; search-time latency_min_time {min_time} s, "
+          f"careful {args.careful_factor}x in {args.rounds} interleaved rounds; batch 1, 1 thread")
+
+    train_seconds = trial_train_seconds(ROOT / "spaces/mnist.yaml", mixers[:3])
+    print(f"default-study trial training time (median of 3 archs, 1 epoch x {spec.sample_recipe(optuna.create_study().ask()).epochs}): "
+          f"{train_seconds:.1f} s")
+    rows = []
+    for runtime in RUNTIMES:
+        first, costs = zip(*(search_time(a, input_shape, runtime, min_time) for a in archs))
+        second = [search_time(a, input_shape, runtime, min_time)[0] for a in archs]
+        rounds: list[list[float]] = [[] for _ in archs]
+        models = []
+        for arch in archs:
+            torch.manual_seed(0)
+            models.append(inference_model(build_model(arch)))
+        per_round = min_time * args.careful_factor / args.rounds
+        for _ in range(args.rounds):
+            for i, model in enumerate(models):
+                rounds[i].append(measure_latency(model, input_shape, runtime, 1, 1, per_round).median_ms)
+        careful = [statistics.median(r) for r in rounds]
+        spread = statistics.median(abs(a - b) / ((a + b) / 2) for a, b in zip(first, second))
+        cost = statistics.median(costs)
+        rows.append((runtime, kendall_tau(first, second), kendall_tau(first, careful), spread, cost,
+                     cost / train_seconds, min(careful), max(careful)))
+
+    print()
+    print("| runtime | τ search vs search | τ search vs careful | median spread | cost per arch | cost / trial training | latency range |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for runtime, tau_repeat, tau_careful, spread, cost, share, low, high in rows:
+        print(f"| {runtime} | {tau_repeat:.3f} | {tau_careful:.3f} | {spread:.1%} | {cost * 1e3:.0f} ms | "
+              f"{share:.1%} | {low:.3f}–{high:.3f} ms |")
+    print("goals: τ ≥ 0.95, spread ≤ 2%, cost ≤ 5% of a trial's training")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Static objectives: params, FLOPs, peak memory and latency, all known before training.
+
+- ``sizes``: params, FLOPs and peak memory counted on a ``meta`` model (nothing allocated), and
+  the limits past which an arch is impossible.
+- ``memory``: peak inference memory by tracing with ``torch.fx`` and freeing each activation after
+  its last use.
+- ``latency``: the time of one forward pass in onnxruntime (default) or eager torch.
+
+Latency and memory are measured on the inference form (BN folded, linear blocks composed),
+because that is the network a user deploys; params are counted on the training form, which is what
+the search trades against accuracy. Both forms' params and FLOPs are reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from ..arch import Arch
+from ..choices import Rule
+from .latency import RUNTIMES, Latency, measure_latency, runtime_description
+from .sizes import StaticSizes, count_flops, count_params, static_sizes
+
+__all__ = ["MEASURE_RULES", "MeasureConfig", "RUNTIMES", "STATIC_ATTRS", "StaticMetrics", "StaticSizes",
+           "count_flops", "count_params", "measure_static", "runtime_description", "static_sizes",
+           "stored_latency"]
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    runtime: str = "onnxruntime"
+    latency_batch_size: int = 1
+    latency_threads: int = 1
+    latency_min_time: float = 0.2  # seconds of timed runs per arch
+
+
+MEASURE_RULES: dict[str, Rule] = {
+    "runtime": Rule(str, MeasureConfig.runtime, allowed=RUNTIMES),
+    "latency_batch_size": Rule(int, MeasureConfig.latency_batch_size, minimum=1),
+    "latency_threads": Rule(int, MeasureConfig.latency_threads, minimum=1),
+    "latency_min_time": Rule(float, MeasureConfig.latency_min_time, minimum=0.01),
+}
+
+# Each minimized objective and the user attribute of a trial that stores it.
+STATIC_ATTRS = {"params": "params", "flops": "flops", "latency": "latency_ms", "memory": "memory_bytes"}
+
+
+@dataclass(frozen=True)
+class StaticMetrics:
+    params: int                 # unique parameters of the training form (shared tensors once)
+    flops: int                  # forward FLOPs per image, training form in eval mode
+    inference_params: int
+    inference_flops: int
+    weight_bytes: int           # unique weights of the inference form
+    memory_bytes: int           # peak memory of one inference pass: weights + live activations
+    latency_ms: float | None    # median per forward pass of the inference form
+    latency_iqr_ms: float | None
+    latency_from: int | None = None  # the earlier trial of the same arch whose latency is reused
+
+    def objective(self, name: str) -> float:
+        return getattr(self, STATIC_ATTRS[name])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure_static(arch: Arch, model: nn.Module, input_shape: tuple[int, int, int], config: MeasureConfig,
+                   with_latency: bool = True, sizes: StaticSizes | None = None,
+                   stored: tuple[Latency, int] | None = None) -> StaticMetrics:
+    """Every static figure of ``arch``; ``model`` (built from it) is only needed to time it.
+
+    ``sizes`` saves counting again what ``static_sizes`` already counted; ``stored`` is the
+    latency of an earlier trial of the same arch (see ``stored_latency``), used instead of timing.
+    """
+    from ..models import inference_model
+
+    sizes = sizes or static_sizes(arch, input_shape, config.latency_batch_size)
+    latency, source = None, None
+    if stored is not None:
+        latency, source = stored
+    elif with_latency:
+        latency = measure_latency(inference_model(model), input_shape, config.runtime, config.latency_batch_size,
+                                  config.latency_threads, config.latency_min_time)
+    return StaticMetrics(
+        params=sizes.params, flops=sizes.flops, inference_params=sizes.inference_params,
+        inference_flops=sizes.inference_flops, weight_bytes=sizes.memory.weight_bytes,
+        memory_bytes=sizes.memory.peak_bytes,
+        latency_ms=latency.median_ms if latency else None, latency_iqr_ms=latency.iqr_ms if latency else None,
+        latency_from=source,
+    )
+
+
+def stored_latency(study, digest: str) -> tuple[Latency, int] | None:
+    """The latency an earlier trial of the study measured for the arch with hash ``digest``.
+
+    A trial's ``arch_hash`` attribute is the arch hash followed by its recipe's, so a repeat of
+    the arch with any recipe matches. Timing it again would only add noise to the same figure.
+    """
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        if (str(attrs.get("arch_hash", "")).split("-")[0] == digest and attrs.get("latency_ms") is not None
+                and attrs.get("latency_from") is None):
+            return Latency(attrs["latency_ms"], attrs["latency_iqr_ms"]), trial.number
+    return None

@@ -1,0 +1,223 @@
+"""Static sizes, peak memory and latency: counted by hand, measured in both runtimes, limits enforced."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from torch import nn
+
+from conftest import TINY_SPEC, merge, run_cli
+from mixsearch.arch import BlockArch, MixerArch, MobileNetArch
+from mixsearch.errors import ArchError
+from mixsearch.measure import MeasureConfig, measure_static, static_sizes
+from mixsearch.measure.latency import export_onnx_bytes, measure_latency, onnx_call
+from mixsearch.measure.memory import peak_memory
+from mixsearch.models import build_model, inference_model
+from mixsearch.spec import parse_spec
+from mixsearch.study import run_study
+
+FLOAT = 4  # bytes
+
+
+# -- peak memory, counted by hand ----------------------------------------------------------------
+
+def test_peak_memory_of_a_chain_counted_by_hand():
+    torch.manual_seed(0)
+    chain = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5))
+    profile = peak_memory(chain, torch.zeros(2, 10))
+    assert profile.weight_bytes == (10 * 20 + 20 + 20 * 5 + 5) * FLOAT == 1300
+    # batch 2: x 20, h 40, relu(h) 40, out 10 floats. At the ReLU, h and its result are alive
+    # (x was freed after the first Linear): 80 floats.
+    assert profile.peak_activation_bytes == 80 * FLOAT
+    assert profile.peak_node == "_1" and profile.live_at_peak == ("_0", "_1")
+    assert profile.activation_bytes_written == (20 + 40 + 40 + 10) * FLOAT
+    assert profile.peak_bytes == 1300 + 320
+
+
+def test_in_place_and_views_make_no_new_tensor_and_shared_weights_count_once():
+    shared = nn.Linear(10, 10)
+    chain = nn.Sequential(shared, nn.ReLU(inplace=True), shared, nn.Flatten(0))
+    profile = peak_memory(chain, torch.zeros(2, 10))
+    assert profile.weight_bytes == 110 * FLOAT
+    # x 20 → h 20 (ReLU writes into h) → out 20 (flatten is a view of it): at most two alive.
+    assert profile.peak_activation_bytes == 40 * FLOAT
+    assert profile.activation_bytes_written == 60 * FLOAT
+
+
+def one_block_mobilenet(mode: str) -> MobileNetArch:
+    # 1x8x8 image → stem 3x3 conv to 6 channels → one 3x3 stride-2 block to 8 channels → head.
+    return MobileNetArch(1, (8, 8), 10, 6, (BlockArch(8, 3, 2, mode),))
+
+
+# Floats, batch 1: image 64, stem output 6·8·8 = 384; depthwise output 6·4·4 = 96; block output
+# 8·4·4 = 128. Weights of the inference form: stem 6·9+6 = 60, head 8·10+10 = 90, and the block:
+# separable 6·9+6 + 6·8+8 = 116, fused and linear one 3x3 conv 6→8: 6·8·9+8 = 440.
+@pytest.mark.parametrize("mode, block_weights, peak, live, written", [
+    # the depthwise output is made and alive with the stem output (384 + 96), then with the
+    # pointwise output (96 + 128): the peak is at the depthwise conv.
+    ("separable", 116, 384 + 96, ("features_0_0", "features_1_0"), 64 + 384 + 96 + 128 + 8 + 10),
+    # one conv: stem output and block output (384 + 128); no depthwise output is ever made.
+    ("fused", 440, 384 + 128, ("features_0_0", "features_1_0"), 64 + 384 + 128 + 8 + 10),
+    # trained factorized, deployed as the composed conv: the same graph as fused.
+    ("linear", 440, 384 + 128, ("features_0_0", "features_1_0"), 64 + 384 + 128 + 8 + 10),
+])
+def test_peak_memory_of_one_mobilenet_block_per_fusion_mode(mode, block_weights, peak, live, written):
+    arch = one_block_mobilenet(mode)
+    sizes = static_sizes(arch, (1, 8, 8))
+    memory = sizes.memory
+    assert memory.weight_bytes == (60 + block_weights + 90) * FLOAT
+    assert memory.peak_activation_bytes == peak * FLOAT
+    assert memory.live_at_peak == live
+    assert memory.activation_bytes_written == written * FLOAT
+    assert sizes.memory.peak_bytes == (60 + block_weights + 90 + peak) * FLOAT
+    convs = [m for m in inference_model(build_model(arch)).features[1] if isinstance(m, nn.Conv2d)]
+    assert [c.groups for c in convs] == ([6, 1] if mode == "separable" else [1])
+
+
+def test_static_sizes_on_meta_equal_the_real_model():
+    arch = MixerArch(1, (28, 28), 10, layers=2, channels=16, token_hidden=16, channel_hidden=32, patch_size=4,
+                     token_mixing="raft", raft_size=2)
+    sizes = static_sizes(arch, (1, 28, 28), batch_size=3)
+    model = build_model(arch)
+    real = peak_memory(inference_model(model), torch.zeros(3, 1, 28, 28))
+    assert sizes.memory == real
+    assert sizes.params == sum(p.numel() for p in model.parameters())
+    from mixsearch.measure import count_flops
+    assert sizes.flops == sizes.inference_flops == count_flops(model, (1, 28, 28))
+
+
+# -- limits: refused before allocation -------------------------------------------------------------
+
+@pytest.mark.parametrize("arch, message", [
+    (MixerArch(1, (28, 28), 10, 2, 16, 10**9, 32, 4), r"params 198,000,\d{3},\d{3} is over the limit of 100,000,000"),
+    (MixerArch(1, (28, 28), 10, 10**6, 16, 16, 32, 4), "1,000,000 Mixer layers is over the limit of 64"),
+    (MobileNetArch(1, (28, 28), 10, 8, (BlockArch(10**7),)), "is over the limit of 100,000,000"),
+    (MixerArch(1, (28, 28), 10, 2, 10**10, 16, 32, 4), "channels 10,000,000,000 is over the limit"),
+])
+def test_absurd_archs_are_impossible_with_figure_and_limit(arch, message):
+    with pytest.raises(ArchError, match=message):
+        static_sizes(arch, (1, 28, 28))
+
+
+ABSURD = {  # spec changes → what the one line says
+    "hidden-width-1e9": ({"space": {"token_hidden": 10**9}},
+                         ["absurd.yaml: space: no buildable arch", "params", "is over the limit of 100,000,000"]),
+    # the spec's own bound on layers is the static limit: refused while parsing
+    "million-layers": ({"space": {"layers": 10**6}},
+                       ["absurd.yaml: space.layers: must be an integer >= 1 and <= 64, got 1000000"]),
+    "channels-1e7": ({"space": {"family": "mobilenet", "blocks": 2, "stem_channels": 8, "width": 10**7,
+                                "strides": "1,2", "kernel_size": 3}},
+                     ["absurd.yaml: space: no buildable arch", "params", "is over the limit of 100,000,000"]),
+}
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+@pytest.mark.parametrize("name", list(ABSURD))
+def test_absurd_sizes_are_refused_by_the_cli(tmp_path, command, name):
+    import yaml
+    changes, expected = ABSURD[name]
+    spec = merge(TINY_SPEC, changes)
+    if spec["space"]["family"] == "mobilenet":
+        spec["space"] = changes["space"]
+    (tmp_path / "absurd.yaml").write_text(yaml.safe_dump(spec))
+    result = run_cli([command, "absurd.yaml"], tmp_path, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and "Traceback" not in result.stdout + result.stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["absurd.yaml"]
+
+
+# -- latency in both runtimes -------------------------------------------------------------------
+
+SMALL = MixerArch(1, (28, 28), 10, layers=1, channels=8, token_hidden=8, channel_hidden=8, patch_size=7)
+LARGE = MixerArch(1, (28, 28), 10, layers=4, channels=128, token_hidden=256, channel_hidden=512, patch_size=2)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])
+def test_a_large_arch_is_much_slower_than_a_small_one(runtime):
+    torch.manual_seed(0)
+    small, large = (inference_model(build_model(a)) for a in (SMALL, LARGE))
+    times = {name: [] for name in ("small", "large")}
+    for _ in range(2):  # interleaved, so a burst of load on the machine hits both
+        for name, model in (("small", small), ("large", large)):
+            times[name].append(measure_latency(model, (1, 28, 28), runtime, 1, 1, 0.05).median_ms)
+    # ~1,000× the FLOPs; the large arch is slower by far more than any noise
+    assert min(times["large"]) > 5 * max(times["small"]), times
+
+
+def test_in_memory_export_matches_torch_and_leaves_no_file(tmp_path, monkeypatch):
+    # Once per process, torch's first meta-tensor shape functions make its (empty) compile-cache
+    # folder in the temp dir, and onnxruntime's first session writes its 51-byte telemetry
+    # session id (.ses) there. Both happen before watching, so only the measurement is watched.
+    static_sizes(SMALL, (1, 28, 28))
+    measure_static(SMALL, build_model(SMALL), (1, 28, 28), MeasureConfig(latency_min_time=0.01))
+    work, scratch = tmp_path / "work", tmp_path / "tmp"
+    work.mkdir()
+    scratch.mkdir()
+    monkeypatch.chdir(work)
+    for variable in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.setenv(variable, str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    torch.manual_seed(0)
+    model = inference_model(build_model(MobileNetArch(1, (28, 28), 10, 8, (BlockArch(16, 3, 2, "linear"),
+                                                                            BlockArch(16, 5, 1, "separable")))))
+    example = torch.randn(2, 1, 28, 28)
+    (got,) = onnx_call(model, example, threads=1)()
+    with torch.inference_mode():
+        expected = model(example).numpy()
+    assert np.abs(got - expected).max() < 1e-4
+    static = measure_static(SMALL, build_model(SMALL), (1, 28, 28), MeasureConfig(latency_min_time=0.01))
+    assert static.latency_ms > 0
+    assert list(work.iterdir()) == [] and list(scratch.iterdir()) == []
+
+
+def test_a_module_the_exporter_cannot_express_is_an_impossible_arch():
+    class Eigen(nn.Module):
+        def forward(self, x):
+            return torch.linalg.eigh(x @ x.transpose(-1, -2))[0]
+
+    with pytest.raises(ArchError, match="the ONNX exporter cannot express this arch: "):
+        export_onnx_bytes(Eigen(), torch.zeros(1, 4, 4))
+
+
+# -- in a study: memory objective, runtime recorded, latency measured once per arch ---------------
+
+def test_a_repeated_arch_reuses_its_latency_and_memory_is_an_objective(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    space = {"family": "mixer", "layers": 1, "channels": 8, "token_hidden": 16, "channel_hidden": 16,
+             "patch_size": 7, "dilation": 1}
+    data = merge(TINY_SPEC, {"study": {"trials": 2, "sampler": "grid"}, "objectives": ["accuracy", "memory"],
+                             "train": {"epochs": 1, "lr": [0.01, 0.02]}, "space": space,
+                             "data": {"train_size": 100, "val_size": 50, "test_size": 50}})
+    data["space"] = space
+    spec = parse_spec(data, "repeat.yaml")
+    summary = run_study(spec, storage_url=f"sqlite:///{tmp_path / 's.db'}", artifacts=str(tmp_path / "art"))
+    first, second = summary.study.get_trials()
+    assert first.params["train.lr"] != second.params["train.lr"]  # another recipe: not a duplicate
+    assert "duplicate_of" not in second.user_attrs
+    assert second.user_attrs["latency_from"] == first.number and first.user_attrs["latency_from"] is None
+    assert second.user_attrs["latency_ms"] == first.user_attrs["latency_ms"]
+    expected = static_sizes(MixerArch(1, (28, 28), 10, 1, 8, 16, 16, 7), (1, 28, 28)).memory.peak_bytes
+    assert first.values[1] == second.values[1] == first.user_attrs["memory_bytes"] == expected
+    import onnxruntime
+    assert summary.study.user_attrs["latency_runtime"] == f"onnxruntime {onnxruntime.__version__}"
+
+
+def test_a_memory_constraint_marks_the_trial_infeasible(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = merge(TINY_SPEC, {"study": {"trials": 1}, "constraints": {"memory": 1000},
+                             "measure": {"runtime": "torch", "latency_min_time": 0.01}})
+    summary = run_study(parse_spec(data, "c.yaml"), storage_url=f"sqlite:///{tmp_path / 's.db'}",
+                        artifacts=str(tmp_path / "art"))
+    (trial,) = summary.study.get_trials()
+    assert trial.user_attrs["infeasible_reason"].startswith("memory ")
+    assert trial.user_attrs["epochs_run"] == 0 and trial.user_attrs["memory_bytes"] > 1000
+    assert summary.study.user_attrs["latency_runtime"] == f"torch {torch.__version__}"
