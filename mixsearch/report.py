@@ -16,7 +16,6 @@ group with Welch's t-test (unequal variances) on the per-seed test accuracies, t
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
