@@ -16,6 +16,7 @@ import yaml
 
 from .choices import REQUIRED, Categorical, Choice, FloatRange, Fixed, IntRange, Rule
 from .data import DATASETS, DataConfig
+from .enqueue import EnqueueEntry, entry_params
 from .errors import SpecError
 from .measure import MEASURE_RULES, STATIC_ATTRS, MeasureConfig
 from .pruning import PRUNERS
@@ -37,7 +38,10 @@ STUDY_RULES: dict[str, Rule] = {
     "seed": Rule(int, 0, minimum=0),
     "sampler": Rule(str, "tpe", allowed=SAMPLERS),
     "pruner": Rule(object, "pareto"),  # a pruner name, or a mapping {type: NAME, setting: value...}
+    "enqueue": Rule(list, None, nullable=True, help="a list of fixed archs and recipes, each a mapping "
+                    "with optional label, space and train"),
 }
+ENQUEUE_KEYS = ("label", "space", "train")
 
 DATA_RULES: dict[str, Rule] = {
     "dataset": Rule(str, "mnist", allowed=DATASETS),
@@ -78,6 +82,7 @@ class Spec:
     measure: MeasureConfig
     space: MixerSpace | MobileNetSpace
     raw: dict[str, Any]
+    enqueue: list[EnqueueEntry] = field(default_factory=list)
 
     @property
     def directions(self) -> list[str]:
@@ -85,6 +90,9 @@ class Spec:
 
     def sample_recipe(self, trial) -> TrainRecipe:
         return TrainRecipe(**{name: choice.suggest(trial, f"train.{name}") for name, choice in self.train.items()})
+
+    def enqueued_params(self) -> list[dict[str, Any]]:
+        return enqueued_params(self)
 
     def choices(self) -> dict[str, Choice]:
         """Every train choice (the space's own choices are enumerated by ``space.count_space``)."""
@@ -230,6 +238,42 @@ class _Parser:
         return name, parsed
 
 
+    def enqueue_entry(self, index: int, item: Any, data: dict[str, Any], family: str) -> EnqueueEntry:
+        """One ``study.enqueue`` item: its fields override the spec's space and train, and must
+        leave every choice fixed."""
+        path = f"study.enqueue[{index}]"
+        if not isinstance(item, dict):
+            raise self.fail(path, f"must be a mapping with keys {', '.join(ENQUEUE_KEYS)}, got {_show(item)}")
+        for key in item:
+            if key not in ENQUEUE_KEYS:
+                raise self.fail(f"{path}.{key}", f"unknown key; allowed: {', '.join(ENQUEUE_KEYS)}")
+        label = self.value(f"{path}.label", item["label"], Rule(str)) if "label" in item else None
+        overrides = item.get("space") or {}
+        if not isinstance(overrides, dict):
+            raise self.fail(f"{path}.space", f"must be a mapping of space fields, got {_show(overrides)}")
+        if overrides.get("family", family) != family:
+            raise self.fail(f"{path}.space.family", f"must be the spec's family {family}, got {_show(overrides['family'])}")
+        merged = {**data["space"], **overrides}
+        ties = None
+        for nested in ("sharing", "fusion"):
+            if nested in overrides:
+                if not isinstance(overrides[nested], dict):
+                    raise self.fail(f"{path}.space.{nested}", f"must be a mapping, got {_show(overrides[nested])}")
+                merged[nested] = {**(data["space"].get(nested) or {}), **overrides[nested]}
+        if family == "mixer" and "ties" in (merged.get("sharing") or {}):
+            merged["sharing"] = dict(merged["sharing"])
+            ties = self.value(f"{path}.space.sharing.ties", merged["sharing"].pop("ties"), Rule(list, item=Rule(bool)))
+        space = make_space(family, self.section(f"{path}.space", merged, SPACE_RULES[family]))
+        train_overrides = item.get("train") or {}
+        if not isinstance(train_overrides, dict):
+            raise self.fail(f"{path}.train", f"must be a mapping of train fields, got {_show(train_overrides)}")
+        train = self.section(f"{path}.train", {**(data.get("train") or {}), **train_overrides}, TRAIN_RULES)
+        for name, choice in train.items():
+            if not choice.is_fixed:
+                raise self.fail(f"{path}.train.{name}", "is not fixed; an enqueued entry needs one value")
+        return EnqueueEntry(index, label, space, train, ties)
+
+
 def _show(value: Any) -> str:
     if isinstance(value, dict):
         return "a mapping"
@@ -277,6 +321,7 @@ def parse_spec(data: Any, source: str = "<spec>", default_name: str = "study") -
 
     study = parser.section("study", data.get("study"), STUDY_RULES)
     pruner, pruner_settings = parser.pruner(study.pop("pruner"))
+    enqueue = study.pop("enqueue") or []
     name = study["name"] or default_name
     if not re.fullmatch(NAME_PATTERN, name):
         raise parser.fail("study.name", f"must be letters, digits, '.', '_', '-' (got {name!r}); set study.name")
@@ -311,6 +356,15 @@ def parse_spec(data: Any, source: str = "<spec>", default_name: str = "study") -
         raise parser.fail("space.family", f"must be one of {', '.join(SPACE_RULES)}, got {_show(family)}")
     space = make_space(family, parser.section("space", space_data, SPACE_RULES[family]))
 
-    return Spec(source=source, study=study_config, data=data_config, train=train,
+    spec = Spec(source=source, study=study_config, data=data_config, train=train,
                 objectives=tuple(objectives), constraints=constraints, measure=measure,
                 space=space, raw=data)
+    spec.enqueue = [parser.enqueue_entry(i, item, data, family) for i, item in enumerate(enqueue)]
+    enqueued_params(spec)  # proves every entry is a point of the space, or names what is not
+    return spec
+
+
+def enqueued_params(spec: Spec) -> list[dict[str, Any]]:
+    """For each ``study.enqueue`` entry, in order, the Optuna params the space would sample for it
+    (what ``study.enqueue_trial`` takes)."""
+    return [entry_params(spec, entry) for entry in spec.enqueue]

@@ -101,3 +101,62 @@ def test_bundled_specs_parse():
     assert (spec.data.train_size, spec.data.val_size, spec.data.test_size) == (10000, 2000, 2500)
     assert spec.space.choices["patch_size"] == Categorical((2, 4, 7))
     assert spec.space.choices["dilation"] == Categorical((1, 2, 3))
+
+
+SHARING_SPACE = {"family": "mixer", "layers": 4,
+                 "sharing": {"sites": ["all"], "mode": ["none", "all", "tie"], "bias": ["tied", "separate"]}}
+
+
+def enqueue(*entries, space=SHARING_SPACE, train=None):
+    return parse(study={"enqueue": list(entries)}, space=space, **({"train": train} if train else {}))
+
+
+def test_enqueue_entries_become_the_params_the_space_samples():
+    spec = enqueue({"label": "token", "space": {"sharing": {"sites": ["token"], "mode": "all", "bias": "separate"}}},
+                   {"space": {"sharing": {"mode": "none"}}},
+                   {"space": {"sharing": {"sites": ["fc2"], "mode": "tie", "ties": [False, True, True], "bias": "tied"}}})
+    token, none, fc2_tie = spec.enqueued_params()
+    assert spec.enqueue[0].label == "token" and spec.enqueue[1].label is None
+    assert token == {"sharing.token.fc1.mode": "all", "sharing.token.fc1.bias": "separate",
+                     "sharing.token.fc2.mode": "all", "sharing.token.fc2.bias": "separate",
+                     "sharing.channel.fc1.mode": "none", "sharing.channel.fc2.mode": "none"}
+    assert set(none.values()) == {"none"} and len(none) == 4
+    assert fc2_tie["sharing.channel.fc2.mode"] == "tie" and fc2_tie["sharing.token.fc1.mode"] == "none"
+    assert [fc2_tie[f"sharing.token.fc2.tie.{layer}"] for layer in (1, 2, 3)] == [False, True, True]
+    # Replaying the params through the space gives the entry's arch: layers 2-4 share fc2.
+    from mixsearch.space import CornerTrial
+    arch = spec.space.sample(CornerTrial(0, fc2_tie), (1, 28, 28), 10)
+    assert arch.sharing["token.fc2"] == (0, 1, 1, 1) and arch.sharing["token.fc1"] == (0, 1, 2, 3)
+
+
+def test_enqueue_train_and_mobilenet_fusion_entries():
+    spec = enqueue({"space": {"channels": 32, "sharing": {"mode": "none"}}, "train": {"lr": 0.01}},
+                   space={**SHARING_SPACE, "channels": [16, 32]}, train={"lr": [0.003, 0.01]})
+    assert spec.enqueued_params() == [{"channels": 32, **{f"sharing.{s}.mode": "none" for s in
+                                       ("token.fc1", "token.fc2", "channel.fc1", "channel.fc2")}, "train.lr": 0.01}]
+    spec = parse(study={"enqueue": [{"space": {"fusion": {"strategy": "first_k", "first_k": 2, "mode": "separable"}}}]},
+                 space={"family": "mobilenet", "blocks": 3, "width": 8, "strides": "1,2,1",
+                        "fusion": {"strategy": ["uniform", "first_k"], "mode": ["separable", "fused"], "first_k": [1, 2]}})
+    assert spec.enqueued_params() == [{"fusion.strategy": "first_k", "fusion.first_k": 2, "block2.mode": "separable"}]
+
+
+@pytest.mark.parametrize("entry, field, problem", [
+    ({"space": {"sharing": {"mode": "all"}}}, "study.enqueue[0].space.sharing.bias",
+     "is not fixed (options tied, separate); an enqueued entry needs one value"),
+    ({"space": {"sharing": {"mode": "group"}}}, "study.enqueue[0].space.sharing.mode",
+     "'group' is outside the space's sharing.token.fc1.mode (one of none, all, tie)"),
+    ({"space": {"sharing": {"mode": "tie", "bias": "tied"}}}, "study.enqueue[0].space.sharing.ties",
+     "mode tie needs ties"),
+    ({"space": {"channels": 16, "sharing": {"mode": "none"}}}, "study.enqueue[0].space",
+     "is not a point of the space (the space builds 'mixer L4 C32"),
+    ({"space": {"sharing": {"mode": "none"}}, "train": {"lr": 0.1}}, "study.enqueue[0].train.lr",
+     "0.1 is not a point of the space (its train.lr is 0.003)"),
+    ({"space": {"patch_size": 29, "sharing": {"mode": "none"}}}, "study.enqueue[0]", "impossible arch: patch_size 29"),
+    ({"colour": 1}, "study.enqueue[0].colour", "unknown key; allowed: label, space, train"),
+    ("none", "study.enqueue[0]", "must be a mapping with keys label, space, train"),
+    ({"space": {"family": "mobilenet"}}, "study.enqueue[0].space.family", "must be the spec's family mixer"),
+])
+def test_enqueue_errors_name_the_entry_field(entry, field, problem):
+    with pytest.raises(SpecError) as info:
+        enqueue(entry)
+    assert str(info.value).startswith(f"test.yaml: {field}: {problem}"), info.value
