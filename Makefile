@@ -20,8 +20,12 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# Every benchmark in turn; bench/latency.py when it is there.
 bench: setup
+	$(BIN)/python bench/trainer.py
+	$(BIN)/python bench/search_speed.py
 	$(BIN)/python bench/pruning.py
+	if [ -f bench/latency.py ]; then $(BIN)/python bench/latency.py; fi
 
 clean:
 	rm -rf $(VENV) studies/*.db studies/*.log studies/artifacts exports

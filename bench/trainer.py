@@ -171,6 +171,62 @@ def training_flops_per_image(model: nn.Module) -> float:
     return 3.0 * counter.get_total_flops()
 
 
+# --------------------------------------------------------------------------- what each change gives
+
+
+def ablation_variants(dilation: int) -> dict:
+    """name → (model factory, optimizer options, threads, bf16 autocast)."""
+    def plain():
+        return PlainMixer(dilation=dilation)
+
+    def ours():
+        return build_model(mixer_arch(dilation))
+
+    return {
+        "plain model, Adam per-tensor loop": (plain, {}, 1, False),
+        "plain model, Adam foreach": (plain, {"foreach": True}, 1, False),
+        "plain model, Adam fused": (plain, {"fused": True}, 1, False),
+        "token-major model, Adam per-tensor loop": (ours, {}, 1, False),
+        "token-major model, Adam fused (the trainer)": (ours, {"fused": True}, 1, False),
+        "the trainer, bf16 autocast": (ours, {"fused": True}, 1, True),
+        "the trainer, 2 threads": (ours, {"fused": True}, 2, False),
+    }
+
+
+def time_steps(factory, optimizer_options, threads, bf16, splits, steps: int) -> float:
+    """img/s of ``steps`` training steps on tensors (no DataLoader), after 5 warm-up steps."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = factory()
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR, **optimizer_options)
+    order = torch.randint(0, len(splits.train_y), (steps + 5, BATCH_SIZE))
+    for i, index in enumerate(order):
+        if i == 5:
+            started = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(splits.train_x[index]), splits.train_y[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return steps * BATCH_SIZE / (time.perf_counter() - started)
+
+
+def ablation(splits, dilations, rounds: int, steps: int) -> None:
+    """Training steps only, each variant in turn, ``rounds`` times; medians, as ratios to the first."""
+    for dilation in dilations:
+        variants = ablation_variants(dilation)
+        speeds = {name: [] for name in variants}
+        for round_ in range(rounds):
+            for name, variant in variants.items():
+                speeds[name].append(time_steps(*variant, splits, steps))
+                print(f"dilation {dilation} round {round_} {name}: {speeds[name][-1]:,.0f} img/s", flush=True)
+        base = statistics.median(speeds[next(iter(variants))])
+        print(f"\ndilation {dilation}: {steps} steps of batch {BATCH_SIZE}, median of {rounds} rounds")
+        print("| variant | img/s | ratio |\n| --- | --- | --- |")
+        for name, values in speeds.items():
+            print(f"| {name} | {statistics.median(values):,.0f} | {statistics.median(values) / base:.2f}× |")
+
+
 # --------------------------------------------------------------------------- the comparison
 
 
@@ -212,6 +268,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both")
     parser.add_argument("--mnist", type=Path, default=None, help="folder of the four MNIST IDX files")
     parser.add_argument("--quick", action="store_true", help="1 epoch, seed 0: about a minute")
+    parser.add_argument("--ablation", type=int, metavar="ROUNDS", default=0,
+                        help="instead: time training steps of each variant (model, optimizer, threads, bf16)")
+    parser.add_argument("--steps", type=int, default=100, help="steps per variant and round, for --ablation")
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.seeds = 1, [0]
@@ -222,6 +281,8 @@ def main() -> None:
         root = torchvision_root(mnist_dir, Path(tmp))
         train_set, test_set = reference_datasets(root, args.train_size, args.test_size)
         splits = splits_from(train_set, test_set)
+        if args.ablation:
+            return ablation(splits, args.dilations, args.ablation, args.steps)
         peak = matmul_peak_gflops()
         print(f"MNIST from {mnist_dir}: {len(train_set):,} train / {len(test_set):,} test images; "
               f"{args.epochs} epochs, batch {BATCH_SIZE}, Adam lr {LR:g} constant; seeds {args.seeds}; "
