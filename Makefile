@@ -20,7 +20,12 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# Every benchmark in turn (bench/chaos.py, a fault run of several minutes, is run on its own).
 bench: setup
+	$(BIN)/python bench/trainer.py
+	$(BIN)/python bench/search_speed.py
+	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/fusion.py
 	$(BIN)/python bench/pruning.py
 
 clean:

@@ -4,6 +4,12 @@ Pre-LayerNorm layers: ``U = X + TokenMix(LN(X))``, ``Y = U + ChannelMLP(LN(U))``
 of a layer is a *site* (``token.fc1``, ``channel.fc2``, ...); the arch's sharing plan says which
 layers hold the same Parameter at each site, so a plan is built once per site, across all layers,
 before the layers are assembled.
+
+The layers keep their activations token-major, (S, B, C), rather than the usual (B, S, C): then
+token mixing is an S × (B·C) matrix with the weight on the left and channel mixing an (S·B) × C
+matrix with the weight on the right, both one matmul with the bias fused and neither needing a
+transpose. At MNIST sizes the transposes and copies of the usual layout cost about as much as the
+matmuls themselves (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -24,29 +30,50 @@ class PatchEmbed(nn.Module):
     A patch samples P×P pixels at dilation d and covers a span of (P−1)·d+1 pixels; the stride is
     the span so that no pixel feeds two tokens. The image is zero-padded on the right and bottom
     to a multiple of the span, which is what ``arch.token_grid`` counts.
+
+    The patches do not overlap, so the convolution is a gather of their pixels and one matmul
+    with the conv's weight: cheaper than a strided convolution's backward pass, and the tokens
+    come out token-major, as the layers want them.
     """
 
     def __init__(self, in_channels: int, channels: int, patch_size: int, dilation: int = 1):
         super().__init__()
+        self.dilation = dilation
         self.span = patch_span(patch_size, dilation)
         self.proj = nn.Conv2d(in_channels, channels, kernel_size=patch_size, dilation=dilation,
                               stride=self.span)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        x = F.pad(x, (0, -width % self.span, 0, -height % self.span))
-        return self.proj(x).flatten(2).transpose(1, 2)   # (B, S, C)
+        """(B, C_in, H, W) → (B, S, C), a view of a token-major (S, B, C) tensor."""
+        batch, in_channels, height, width = x.shape
+        span, step = self.span, self.dilation
+        if height % span or width % span:
+            x = F.pad(x, (0, -width % span, 0, -height % span))
+        rows, cols = x.shape[-2] // span, x.shape[-1] // span
+        # (B, C_in, rows, span, cols, span) → the sampled P×P pixels of each patch → (rows, cols, B, C_in, P, P)
+        patches = x.reshape(batch, in_channels, rows, span, cols, span)[:, :, :, ::step, :, ::step]
+        patches = patches.permute(2, 4, 0, 1, 3, 5).reshape(rows * cols * batch, -1)
+        tokens = F.linear(patches, self.proj.weight.flatten(1), self.proj.bias)
+        return tokens.view(rows * cols, batch, -1).transpose(0, 1)
 
 
 class FullTokenMixing(nn.Module):
-    """One MLP over all S tokens, applied per channel."""
+    """One MLP over all S tokens, applied per channel: ``W2·GELU(W1·X + b1) + b2``.
+
+    Takes token-major activations (S, B, C), seen as one S × (B·C) matrix X.
+    """
+
+    token_major = True
 
     def __init__(self, mlp: MLP):
         super().__init__()
         self.mlp = mlp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(x.transpose(1, 2)).transpose(1, 2)
+        tokens, batch, channels = x.shape
+        fc1, fc2 = self.mlp.fc1, self.mlp.fc2
+        hidden = self.mlp.act(torch.addmm(fc1.bias[:, None], fc1.weight, x.reshape(tokens, batch * channels)))
+        return torch.addmm(fc2.bias[:, None], fc2.weight, hidden).view(tokens, batch, channels)
 
 
 class RaftTokenMixing(nn.Module):
@@ -54,8 +81,11 @@ class RaftTokenMixing(nn.Module):
 
     The C channels are cut into C/r rafts. The vertical MLP sees, for one column and one raft, the
     h tokens × r channels as one vector of r·h features; the horizontal MLP likewise sees one row:
-    r·w features. Both are far smaller than an MLP over all h·w tokens.
+    r·w features. Both are far smaller than an MLP over all h·w tokens. Takes (B, S, C): its own
+    permutes copy the activations anyway.
     """
+
+    token_major = False
 
     def __init__(self, vertical: MLP, horizontal: MLP, grid: tuple[int, int], raft_size: int):
         super().__init__()
@@ -86,7 +116,13 @@ class MixerLayer(nn.Module):
         self.channel_mlp = channel_mlp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.token_mixing(self.norm1(x))
+        """(S, B, C) → (S, B, C)."""
+        mixed = self.norm1(x)
+        if self.token_mixing.token_major:
+            mixed = self.token_mixing(mixed)
+        else:
+            mixed = self.token_mixing(mixed.transpose(0, 1)).transpose(0, 1)
+        x = x + mixed
         return x + self.channel_mlp(self.norm2(x))
 
 
@@ -147,8 +183,8 @@ class MLPMixer(nn.Module):
         return FullTokenMixing(MLP(maps["token.fc1"][i], maps["token.fc2"][i]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layers(self.patch_embed(x))
-        return self.head(self.norm(x).mean(dim=1))
+        x = self.layers(self.patch_embed(x).transpose(0, 1))   # (S, B, C), contiguous
+        return self.head(self.norm(x).mean(dim=0))
 
     def inference_form(self) -> "MLPMixer":
         # Nothing to fold: LayerNorm depends on each input, so it cannot merge into the linears.

@@ -1,0 +1,212 @@
+"""How fast is a search? Workers, time around training, memory, and time to a front against plain Optuna.
+
+    .venv/bin/python bench/search_speed.py [--trials 12] [--epochs 3] [--default-trials 6] [--parts jobs default e2e]
+
+Three parts, each printing its inputs and ratios:
+
+- ``jobs``: the same small spec (below) run by ``mixsearch run --jobs 1`` and ``--jobs 2`` (own
+  storages, same seed); finished trials per hour of each and their ratio. ``--jobs 1`` runs with
+  one torch thread (``OMP_NUM_THREADS=1``), as each of the two workers does, so the ratio measures
+  the parallelism and not the thread count.
+- ``default``: ``mixsearch run spaces/mnist.yaml --trials N`` in a subprocess (one torch thread): the peak RSS of
+  that one worker, and time outside training as a share of the trials' time (from the stored
+  trials: 1 − Σ train_seconds / Σ (datetime_complete − datetime_start) over trained trials; what
+  lies outside is sampling, storage writes, measuring, test evaluation and artifacts).
+- ``e2e``: plain Optuna (its default sampler for two objectives, no pruning, the reference loop of
+  bench/trainer.py as objective, the same space, images and recipe) for ``--trials`` trials; then
+  mixsearch (its defaults: TPE, the ``pareto`` pruner) on the same space for at most the baseline's
+  wall time (and at most 4× its trials). Printed: the
+  baseline's wall time and final hypervolume, and the time mixsearch took to reach that
+  hypervolume, as a ratio.
+
+Hypervolume: (1 − validation accuracy, params / the largest arch's params), reference point (1, 1).
+Small spec: bundled MNIST, 2,000 train / 1,000 validation images, batch 64, Adam lr 1e-3 constant,
+a Mixer space without weight sharing (what a plain model can express). Minutes, not hours, with the
+defaults on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+import yaml
+from optuna._hypervolume import compute_hypervolume
+from optuna.trial import TrialState
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from trainer import PlainMixer, reference_datasets, reference_train, torchvision_root  # noqa: E402
+
+from mixsearch.data import bundled_mnist_dir, split_indices  # noqa: E402
+from mixsearch.models import count_params  # noqa: E402
+from mixsearch.spec import parse_spec  # noqa: E402
+from mixsearch.study import run_study  # noqa: E402
+
+SPACE = {"layers": [2, 3, 4], "channels": [16, 32], "token_hidden": [32, 64], "channel_hidden": [32, 64],
+         "patch_size": [4, 7], "dilation": [1, 2]}
+TRAIN_SIZE, VAL_SIZE = 2000, 1000
+
+
+def small_spec(trials: int, epochs: int, seed: int) -> dict:
+    return {
+        "study": {"name": "speed", "trials": trials, "seed": seed},
+        "data": {"source": "bundled", "train_size": TRAIN_SIZE, "val_size": VAL_SIZE, "test_size": 500},
+        "train": {"epochs": epochs, "batch_size": 64, "optimizer": "adam", "lr": 1e-3, "schedule": "constant",
+                  "weight_decay": 0.0},
+        "objectives": ["accuracy", "params"],
+        "space": {"family": "mixer", **SPACE},
+    }
+
+
+def mixsearch_command(spec_file: Path, storage: str, workdir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "mixsearch", "run", str(spec_file), "--storage", storage,
+            "--artifacts", str(workdir / "artifacts"), *extra]
+
+
+def run_measured(command: list[str], env: dict | None = None) -> tuple[float, int]:
+    """(wall seconds, peak RSS in bytes of the process itself) of one command."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    if status != 0:
+        raise SystemExit(f"{' '.join(command)} failed: {process.stderr.read().decode()[-2000:]}")
+    return seconds, usage.ru_maxrss * 1024
+
+
+def finished_trials(storage: str, name: str) -> list:
+    study = optuna.load_study(study_name=name, storage=optuna_storage(storage))
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def optuna_storage(url: str):
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    return url
+
+
+# --------------------------------------------------------------------------- parts
+
+
+def part_jobs(workdir: Path, trials: int, epochs: int, seed: int) -> None:
+    spec_file = workdir / "jobs.yaml"
+    spec_file.write_text(yaml.safe_dump(small_spec(trials, epochs, seed)))
+    rates = {}
+    for jobs in (1, 2):
+        storage = f"journal:{workdir / f'jobs{jobs}.log'}"
+        env = {"OMP_NUM_THREADS": "1"} if jobs == 1 else None
+        seconds, _ = run_measured(mixsearch_command(spec_file, storage, workdir, "--jobs", str(jobs)), env)
+        done = len(finished_trials(storage, "speed"))
+        rates[jobs] = done / seconds * 3600
+        print(f"--jobs {jobs}: {done} finished trials in {seconds:.1f} s = {rates[jobs]:.0f} trials/hour", flush=True)
+    print(f"jobs: {trials} trials of {epochs} epochs on {TRAIN_SIZE:,} images, space {SPACE}, seed {seed}: "
+          f"--jobs 2 / --jobs 1 = {rates[2] / rates[1]:.2f}× trials per hour")
+
+
+def part_default(workdir: Path, trials: int) -> None:
+    storage = f"sqlite:///{workdir / 'default.db'}"
+    seconds, peak = run_measured(mixsearch_command(ROOT / "spaces" / "mnist.yaml", storage, workdir,
+                                                   "--trials", str(trials)), {"OMP_NUM_THREADS": "1"})
+    trained = [t for t in finished_trials(storage, "mnist-mixer") if t.user_attrs.get("train_seconds")]
+    wall = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trained)
+    training = sum(t.user_attrs["train_seconds"] for t in trained)
+    print(f"default study (spaces/mnist.yaml, {trials} trials, {seconds:.0f} s): {len(trained)} trained trials, "
+          f"{wall:.1f} s in trials, {training:.1f} s training: outside training {1 - training / wall:.1%} "
+          f"of trial time; peak RSS of the worker {peak / 2**30:.2f} GiB", flush=True)
+
+
+def plain_objective(train_set, val_set, epochs: int):
+    """What a user writes for plain Optuna: suggest the arch, train it the tutorial way, return the values."""
+    def objective(trial: optuna.Trial) -> tuple[float, int]:
+        model = PlainMixer(**{name: trial.suggest_categorical(name, values) for name, values in SPACE.items()})
+        return reference_train(model, train_set, val_set, epochs), count_params(model)
+
+    return objective
+
+
+def hypervolume(points: list[tuple[float, float]], scale: float) -> float:
+    if not points:
+        return 0.0
+    box = np.minimum(np.array([[1 - accuracy, params / scale] for accuracy, params in points]), 1.0)
+    return float(compute_hypervolume(box, np.array([1.0, 1.0])))
+
+
+def part_e2e(workdir: Path, trials: int, epochs: int, seed: int) -> None:
+    root = torchvision_root(Path(str(bundled_mnist_dir())), workdir / "mnist")
+    full_train, _ = reference_datasets(root, 12_000, 1)
+    train, val = split_indices(len(full_train), TRAIN_SIZE, VAL_SIZE, seed)  # mixsearch's split of the same pool
+    train_set = torch.utils.data.Subset(full_train.dataset, train.tolist())
+    val_set = torch.utils.data.Subset(full_train.dataset, val.tolist())
+    largest = {name: max(values) for name, values in SPACE.items() if name not in ("patch_size", "dilation")}
+    scale = max(count_params(PlainMixer(**largest, patch_size=p, dilation=d))
+                for p, d in itertools.product(SPACE["patch_size"], SPACE["dilation"]))
+
+    torch.manual_seed(seed)
+    baseline = optuna.create_study(directions=["maximize", "minimize"])
+    started = time.perf_counter()
+    baseline.optimize(plain_objective(train_set, val_set, epochs), n_trials=trials)
+    baseline_seconds = time.perf_counter() - started
+    target = hypervolume([tuple(t.values) for t in baseline.trials if t.values], scale)
+    print(f"\nplain Optuna ({type(baseline.sampler).__name__}, reference loop): {trials} trials in "
+          f"{baseline_seconds:.1f} s, hypervolume {target:.4f}", flush=True)
+
+    spec = parse_spec(small_spec(trials, epochs, seed), "bench/search_speed.py")
+    began = datetime.datetime.now()
+    # The same budget in time: up to the baseline's wall time, as many trials as fit (capped at 4×).
+    summary = run_study(spec, storage_url=f"sqlite:///{workdir / 'e2e.db'}", trials=4 * trials,
+                        timeout=baseline_seconds, artifacts=str(workdir / "artifacts"))
+    reached, points = None, []
+    for t in sorted(summary.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                    key=lambda t: t.datetime_complete):
+        points.append(tuple(t.values))
+        if reached is None and hypervolume(points, scale) >= target:
+            reached = (t.datetime_complete - began).total_seconds()
+    final = hypervolume(points, scale)
+    print(f"mixsearch (TPE, pareto pruner): {summary.finished} trials in {summary.seconds:.1f} s, "
+          f"hypervolume {final:.4f}")
+    inputs = f"space {SPACE}, {epochs} epochs on {TRAIN_SIZE:,} images, {trials} trials, seed {seed}"
+    if reached is None:
+        print(f"e2e: mixsearch did not reach the baseline's hypervolume within its wall time ({inputs})")
+    else:
+        print(f"e2e: mixsearch reached the baseline's final hypervolume after {reached:.1f} s = "
+              f"{reached / baseline_seconds:.2f} of the baseline's wall time ({inputs})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=12, help="trials of the small spec (jobs and e2e)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of the small spec")
+    parser.add_argument("--default-trials", type=int, default=6, help="trials of spaces/mnist.yaml")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in this process (e2e)")
+    parser.add_argument("--parts", nargs="+", choices=["jobs", "default", "e2e"], default=["jobs", "default", "e2e"])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        if "default" in args.parts:
+            part_default(workdir, args.default_trials)
+        if "jobs" in args.parts:
+            part_jobs(workdir, args.trials, args.epochs, args.seed)
+        if "e2e" in args.parts:
+            part_e2e(workdir, args.trials, args.epochs, args.seed)
+
+
+if __name__ == "__main__":
+    main()
