@@ -47,8 +47,9 @@ class PatchEmbed(nn.Module):
         """(B, C_in, H, W) → (B, S, C), a view of a token-major (S, B, C) tensor."""
         batch, in_channels, height, width = x.shape
         span, step = self.span, self.dilation
-        if height % span or width % span:
-            x = F.pad(x, (0, -width % span, 0, -height % span))
+        # Padding by zero pixels is a no-op; no `if` here, so the model stays traceable by torch.fx
+        # (measure.memory traces it), where shapes are symbols that cannot steer control flow.
+        x = F.pad(x, (0, -width % span, 0, -height % span))
         rows, cols = x.shape[-2] // span, x.shape[-1] // span
         # (B, C_in, rows, span, cols, span) → the sampled P×P pixels of each patch → (rows, cols, B, C_in, P, P)
         patches = x.reshape(batch, in_channels, rows, span, cols, span)[:, :, :, ::step, :, ::step]
