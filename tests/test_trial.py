@@ -4,6 +4,7 @@ import optuna
 from optuna.trial import TrialState
 
 from mixsearch.measure import StaticMetrics
+from mixsearch.measure.memory import MemoryProfile
 from mixsearch.trial import check_constraints, find_duplicate
 
 
@@ -41,7 +42,7 @@ def test_duplicate_step_finds_the_finished_trial_with_the_same_arch_hash(tmp_pat
 def test_constraints_step_marks_an_arch_infeasible_with_its_reason(tmp_path):
     # The figures of a linear classifier of 28x28 images: 7,850 params.
     static = StaticMetrics(params=7850, flops=15680, inference_params=7850, inference_flops=15680,
-                           weight_bytes=31400, memory_bytes=34576, latency_ms=None, latency_iqr_ms=None)
+                           memory=MemoryProfile(31400, 3176, 3176, "linear", ("linear",)))
     study = sqlite_study(tmp_path)
 
     tight = study.ask()

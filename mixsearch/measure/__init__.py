@@ -13,7 +13,7 @@ the search trades against accuracy. Both forms' params and FLOPs are reported.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 from torch import nn
 
@@ -47,22 +47,30 @@ STATIC_ATTRS = {"params": "params", "flops": "flops", "latency": "latency_ms", "
 
 
 @dataclass(frozen=True)
-class StaticMetrics:
-    params: int                 # unique parameters of the training form (shared tensors once)
-    flops: int                  # forward FLOPs per image, training form in eval mode
-    inference_params: int
-    inference_flops: int
-    weight_bytes: int           # unique weights of the inference form
-    memory_bytes: int           # peak memory of one inference pass: weights + live activations
-    latency_ms: float | None    # median per forward pass of the inference form
-    latency_iqr_ms: float | None
+class StaticMetrics(StaticSizes):
+    """The sizes counted from the arch, plus the latency timed on the inference form."""
+
+    latency_ms: float | None = None    # median per forward pass of the inference form
+    latency_iqr_ms: float | None = None
     latency_from: int | None = None  # the earlier trial of the same arch whose latency is reused
+
+    @property
+    def weight_bytes(self) -> int:  # unique weights of the inference form
+        return self.memory.weight_bytes
+
+    @property
+    def memory_bytes(self) -> int:  # peak memory of one inference pass: weights + live activations
+        return self.memory.peak_bytes
 
     def objective(self, name: str) -> float:
         return getattr(self, STATIC_ATTRS[name])
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The figures a trial stores as user attributes, all plain numbers."""
+        return {"params": self.params, "flops": self.flops, "inference_params": self.inference_params,
+                "inference_flops": self.inference_flops, "weight_bytes": self.weight_bytes,
+                "memory_bytes": self.memory_bytes, "latency_ms": self.latency_ms,
+                "latency_iqr_ms": self.latency_iqr_ms, "latency_from": self.latency_from}
 
 
 def measure_static(arch: Arch, model: nn.Module, input_shape: tuple[int, int, int], config: MeasureConfig,
@@ -83,9 +91,7 @@ def measure_static(arch: Arch, model: nn.Module, input_shape: tuple[int, int, in
         latency = measure_latency(inference_model(model), input_shape, config.runtime, config.latency_batch_size,
                                   config.latency_threads, config.latency_min_time)
     return StaticMetrics(
-        params=sizes.params, flops=sizes.flops, inference_params=sizes.inference_params,
-        inference_flops=sizes.inference_flops, weight_bytes=sizes.memory.weight_bytes,
-        memory_bytes=sizes.memory.peak_bytes,
+        **{f.name: getattr(sizes, f.name) for f in fields(StaticSizes)},
         latency_ms=latency.median_ms if latency else None, latency_iqr_ms=latency.iqr_ms if latency else None,
         latency_from=source,
     )
