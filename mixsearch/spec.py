@@ -176,7 +176,7 @@ class _Parser:
         if isinstance(value, dict) and rule.kind in (int, float):
             unknown = sorted(set(value) - {"low", "high", "step", "log"}, key=str)
             if unknown:
-                raise self.fail(f"{path}.{unknown[0]}", "unknown key; a range allows low, high, step, log")
+                raise self.fail(f"{path}.{_key(unknown[0])}", "unknown key; a range allows low, high, step, log")
             for key in ("low", "high"):
                 if key not in value:
                     raise self.fail(path, f"a range needs low and high (missing {key})")
@@ -212,7 +212,7 @@ class _Parser:
             raise self.fail(path, f"must be a mapping with keys {', '.join(rules)}, got {_show(data)}")
         for key in data:
             if key not in rules:
-                raise self.fail(f"{path}.{key}" if path else str(key),
+                raise self.fail(f"{path}.{_key(key)}" if path else _key(key),
                                 f"unknown key; allowed: {', '.join(rules)}")
         parsed = {}
         for key, rule in rules.items():
@@ -241,6 +241,12 @@ class _Parser:
         _, rules = PRUNERS[name]
         parsed = self.section("study.pruner", settings, rules)
         return name, parsed
+
+
+def _key(key: Any) -> str:
+    """A key as the error line names it: quoted when it would break the line or hide in it."""
+    text = str(key)
+    return text if text.isprintable() and text.strip() == text and text else repr(key)
 
 
 def _number(value: float) -> str:
@@ -288,7 +294,7 @@ def parse_spec(data: Any, source: str = "<spec>", default_name: str = "study") -
         raise parser.fail("", f"expected a mapping with keys {', '.join(TOP_LEVEL)} at the top level, got {_show(data)}")
     for key in data:
         if key not in TOP_LEVEL:
-            raise parser.fail(str(key), f"unknown key; allowed: {', '.join(TOP_LEVEL)}")
+            raise parser.fail(_key(key), f"unknown key; allowed: {', '.join(TOP_LEVEL)}")
     if "space" not in data:
         raise parser.fail("space", "is required (a mapping with family: mixer or mobilenet and its choices)")
 

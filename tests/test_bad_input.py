@@ -135,6 +135,8 @@ HAND_WRITTEN = [
                  [SPEC, "space.strides", "1s and 2s"], id="mobilenet-strides-not-numbers"),
     pytest.param(with_value("data", {"dataset": "cifar10", "source": "bundled"}), ["validate", SPEC], 2,
                  [SPEC, "data.source", "cifar10"], id="validate-source-the-dataset-lacks"),
+    pytest.param(with_value("train.dro\npout", 0.1), ["validate", SPEC], 2, [SPEC, "train.'dro\\npout': unknown key"],
+                 id="unknown-key-with-a-line-break"),
     pytest.param(with_value("train.device", ["cpu", "cuda"]), ["run", SPEC], 2, [SPEC, "train.device"],
                  id="searched-device"),
     # Data missing offline: nothing may be created before the data is there.
