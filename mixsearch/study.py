@@ -8,6 +8,7 @@ as user attributes, so a study is self-describing in optuna-dashboard.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
@@ -30,7 +31,8 @@ from .models import build_model, inference_model
 from .pruning import MultiObjectivePruner, TrialView, make_pruner
 from .space import count_space
 from .spec import Spec
-from .storage import TrialSlotLock, default_storage_url, mask_password, open_storage, quiet_experimental
+from .storage import (GRACE_SECONDS, TrialSlotLock, _env_seconds, default_storage_url, mask_password,
+                      open_storage, quiet_experimental)
 from .train import (DivergenceError, EpochResult, TrainRecipe, TrainResult, evaluate, resolve_device,
                     train)
 
@@ -349,9 +351,14 @@ def recover_trials(study: optuna.Study) -> list[int]:
     """
     storage = study._storage
     host = socket.gethostname()
+    grace = _env_seconds("MIXSEARCH_HEARTBEAT_GRACE", GRACE_SECONDS)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         where, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-        if where == host and pid.isdigit() and _process_gone(int(pid)):
+        # A worker writes its name first thing in a trial; a trial without one after the grace
+        # lost its worker between creation and that write (no pid to check, no heartbeat yet).
+        unclaimed = "worker" not in trial.user_attrs and trial.datetime_start is not None and \
+            (datetime.datetime.now() - trial.datetime_start).total_seconds() > grace
+        if unclaimed or where == host and pid.isdigit() and _process_gone(int(pid)):
             try:
                 storage.set_trial_user_attr(trial._trial_id, "reason", "worker died")
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
@@ -364,9 +371,11 @@ def recover_trials(study: optuna.Study) -> list[int]:
     queued = []
     for trial in trials:
         retries = trial.user_attrs.get("retries", 0)
-        if trial.state != TrialState.FAIL or trial.number in retried or not trial.params or retries >= MAX_RETRIES:
+        # A queued retry that died before it sampled anything still holds its params as fixed ones.
+        params = trial.params or trial.system_attrs.get("fixed_params")
+        if trial.state != TrialState.FAIL or trial.number in retried or not params or retries >= MAX_RETRIES:
             continue
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "retries": retries + 1})
+        study.enqueue_trial(params, user_attrs={"retry_of": trial.number, "retries": retries + 1})
         queued.append(trial.number)
     return queued
 
