@@ -6,6 +6,8 @@ public API only (``grep -rn "\\._storage\\|_trial_id\\|optuna\\._" mixsearch`` h
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -59,3 +61,13 @@ def study_id(storage: optuna.storages.BaseStorage, study_name: str) -> int:
     (``Study`` keeps it as ``_study_id``) that only the dashboard's URL scheme needs.
     """
     return storage.get_study_id_from_name(study_name)
+
+
+def enqueued_params(trial: FrozenTrial) -> dict[str, Any]:
+    """The params a trial was enqueued with, even when it died before sampling any of them.
+
+    ``trial.params`` holds only what was suggested; the enqueued values wait in the system
+    attribute ``fixed_params`` (how ``study.enqueue_trial`` hands them to the trial), which no
+    public API exposes.
+    """
+    return dict(trial.system_attrs.get("fixed_params") or {})

@@ -198,7 +198,7 @@ MOBILENET_RULES: dict[str, Rule] = {
     "widths": Rule(list, None, nullable=True, item=Rule(int, minimum=1),
                    help="fixed base width of each block position"),
     "width_multiplier": Rule(float, 1.0, minimum=0.01, searchable=True),
-    "strides": Rule(str, "1,2,1,2,1,1,1,1", searchable=True,
+    "strides": Rule(str, "1,2,1,2,1,1,1,1", searchable=True, pattern=r" *[12] *(, *[12] *)*",
                     help="stride per block position, comma-separated 1s and 2s"),
     "kernel_size": Rule(int, 3, allowed=(3, 5), searchable=True),
     "fusion": Rule(dict, {}, rules=FUSION_RULES),

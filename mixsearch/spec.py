@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 
 from .choices import REQUIRED, Categorical, Choice, FloatRange, Fixed, IntRange, Rule
-from .data import DATASETS, DataConfig
+from .data import DATASETS, DataConfig, dataset_info
 from .enqueue import EnqueueEntry, entry_params
-from .errors import SpecError
+from .errors import SpecError, UsageError
 from .measure import MEASURE_RULES, STATIC_ATTRS, MeasureConfig
 from .pruning import PRUNERS
 from .space import SPACE_RULES, MixerSpace, MobileNetSpace, make_space
@@ -29,13 +29,19 @@ DIRECTIONS = {"accuracy": "maximize", **{name: "minimize" for name in STATIC_ATT
 CONSTRAINABLE = tuple(STATIC_ATTRS)
 SAMPLERS = ("tpe", "nsga2", "nsga3", "random", "gp", "grid")
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+# Optuna's samplers seed numpy, which takes seeds below 2**32; a worker adds its index to the
+# seed, so the spec keeps well below that.
+MAX_SEED = 2**31 - 1
+# An integer range is enumerated value by value (the space size, the grid sampler); a range
+# wider than this is a typo or a missing step, and enumerating it would take minutes.
+MAX_RANGE_VALUES = 10_000
 
 STUDY_RULES: dict[str, Rule] = {
     "name": Rule(str, None, nullable=True, pattern=NAME_PATTERN, help="letters, digits, '.', '_', '-'"),
     "storage": Rule(str, None, nullable=True, help="an Optuna storage URL"),
     "trials": Rule(int, 20, minimum=1),
     "timeout": Rule(float, None, nullable=True, minimum=0.0),
-    "seed": Rule(int, 0, minimum=0),
+    "seed": Rule(int, 0, minimum=0, maximum=MAX_SEED),
     "sampler": Rule(str, "tpe", allowed=SAMPLERS),
     "pruner": Rule(object, "pareto"),  # a pruner name, or a mapping {type: NAME, setting: value...}
     "enqueue": Rule(list, None, nullable=True, help="a list of fixed archs and recipes, each a mapping "
@@ -50,7 +56,7 @@ DATA_RULES: dict[str, Rule] = {
     "train_size": Rule(int, 10000, minimum=1),
     "val_size": Rule(int, 2000, minimum=1),
     "test_size": Rule(int, 2500, minimum=0),
-    "seed": Rule(int, None, nullable=True, minimum=0),
+    "seed": Rule(int, None, nullable=True, minimum=0, maximum=MAX_SEED),
     "cache_dir": Rule(str, DataConfig.cache_dir),
     "image_shape": Rule(list, [1, 28, 28], item=Rule(int, minimum=1)),
     "num_classes": Rule(int, 10, minimum=2),
@@ -108,9 +114,9 @@ def _describe(rule: Rule) -> str:
         noun = "an integer" if rule.kind is int else "a number"
         bounds = []
         if rule.minimum is not None:
-            bounds.append(f">= {rule.minimum:g}")
+            bounds.append(f">= {_number(rule.minimum)}")
         if rule.maximum is not None:
-            bounds.append(f"<= {rule.maximum:g}")
+            bounds.append(f"<= {_number(rule.maximum)}")
         return noun + (" " + " and ".join(bounds) if bounds else "")
     if rule.kind is str:
         return rule.help or "a string"
@@ -145,7 +151,10 @@ class _Parser:
         if not kind_ok:
             raise self.fail(path, f"must be {_describe(rule)}, got {_show(value)}")
         if rule.kind is float:
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an integer beyond any float, e.g. 1 followed by 400 zeros
+                raise self.fail(path, f"must be a finite number, got {_show(value)}") from None
             if value != value or value in (float("inf"), float("-inf")):
                 raise self.fail(path, f"must be a finite number, got {value}")
         if rule.kind in (int, float):
@@ -173,9 +182,9 @@ class _Parser:
                 raise self.fail(path, f"lists an option twice: {list(options)}")
             return Fixed(options[0]) if len(options) == 1 else Categorical(options)
         if isinstance(value, dict) and rule.kind in (int, float):
-            unknown = sorted(set(value) - {"low", "high", "step", "log"})
+            unknown = sorted(set(value) - {"low", "high", "step", "log"}, key=str)
             if unknown:
-                raise self.fail(f"{path}.{unknown[0]}", "unknown key; a range allows low, high, step, log")
+                raise self.fail(f"{path}.{_key(unknown[0])}", "unknown key; a range allows low, high, step, log")
             for key in ("low", "high"):
                 if key not in value:
                     raise self.fail(path, f"a range needs low and high (missing {key})")
@@ -196,7 +205,11 @@ class _Parser:
             if log and low <= 0:
                 raise self.fail(f"{path}.low", f"a log range needs low > 0, got {low}")
             if rule.kind is int:
-                return IntRange(low, high, step or 1, log)
+                choice = IntRange(low, high, step or 1, log)
+                if choice.size() > MAX_RANGE_VALUES:
+                    raise self.fail(path, f"a range of {choice.size():,} values; at most {MAX_RANGE_VALUES:,} "
+                                          "(give a larger step, or list the values)")
+                return choice
             return FloatRange(low, high, step, log)
         return Fixed(self.value(path, value, rule))
 
@@ -207,7 +220,7 @@ class _Parser:
             raise self.fail(path, f"must be a mapping with keys {', '.join(rules)}, got {_show(data)}")
         for key in data:
             if key not in rules:
-                raise self.fail(f"{path}.{key}" if path else str(key),
+                raise self.fail(f"{path}.{_key(key)}" if path else _key(key),
                                 f"unknown key; allowed: {', '.join(rules)}")
         parsed = {}
         for key, rule in rules.items():
@@ -231,7 +244,7 @@ class _Parser:
             name, settings = value["type"], {k: v for k, v in value.items() if k != "type"}
         else:
             raise self.fail("study.pruner", f"must be a pruner name ({names}) or a mapping with type, got {_show(value)}")
-        if name not in PRUNERS:
+        if not isinstance(name, str) or name not in PRUNERS:
             raise self.fail("study.pruner" + (".type" if isinstance(value, dict) else ""), f"must be one of {names}, got {_show(name)}")
         _, rules = PRUNERS[name]
         parsed = self.section("study.pruner", settings, rules)
@@ -272,6 +285,16 @@ class _Parser:
             if not choice.is_fixed:
                 raise self.fail(f"{path}.train.{name}", "is not fixed; an enqueued entry needs one value")
         return EnqueueEntry(index, label, space, train, ties)
+
+
+def _key(key: Any) -> str:
+    """A key as the error line names it: quoted when it would break the line or hide in it."""
+    text = str(key)
+    return text if text.isprintable() and text.strip() == text and text else repr(key)
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _show(value: Any) -> str:
@@ -315,7 +338,7 @@ def parse_spec(data: Any, source: str = "<spec>", default_name: str = "study") -
         raise parser.fail("", f"expected a mapping with keys {', '.join(TOP_LEVEL)} at the top level, got {_show(data)}")
     for key in data:
         if key not in TOP_LEVEL:
-            raise parser.fail(str(key), f"unknown key; allowed: {', '.join(TOP_LEVEL)}")
+            raise parser.fail(_key(key), f"unknown key; allowed: {', '.join(TOP_LEVEL)}")
     if "space" not in data:
         raise parser.fail("space", "is required (a mapping with family: mixer or mobilenet and its choices)")
 
@@ -333,6 +356,11 @@ def parse_spec(data: Any, source: str = "<spec>", default_name: str = "study") -
     if data_values["seed"] is None:
         data_values["seed"] = study_config.seed
     data_config = DataConfig(**data_values)
+    try:  # the data module checks which sources a data set has; name the file in its complaint
+        dataset_info(data_config)
+    except UsageError as exc:
+        field, _, problem = str(exc).partition(": ")
+        raise parser.fail(field, problem) from None
 
     train = parser.section("train", data.get("train"), TRAIN_RULES)
     measure = MeasureConfig(**parser.section("measure", data.get("measure"), MEASURE_RULES))
@@ -352,7 +380,7 @@ def parse_spec(data: Any, source: str = "<spec>", default_name: str = "study") -
     if not isinstance(space_data, dict):
         raise parser.fail("space", f"must be a mapping with family: mixer or mobilenet, got {_show(space_data)}")
     family = space_data.get("family", "mixer")
-    if family not in SPACE_RULES:
+    if not isinstance(family, str) or family not in SPACE_RULES:
         raise parser.fail("space.family", f"must be one of {', '.join(SPACE_RULES)}, got {_show(family)}")
     space = make_space(family, parser.section("space", space_data, SPACE_RULES[family]))
 

@@ -32,7 +32,7 @@ def quiet_experimental():
         yield
 
 
-def _env_seconds(name: str, default: int) -> int:
+def env_seconds(name: str, default: int) -> int:
     text = os.environ.get(name, "")
     try:
         return max(1, int(text)) if text else default
@@ -80,8 +80,8 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
     leave an empty database behind a typo.
     """
     shown = mask_password(url)
-    interval = _env_seconds("MIXSEARCH_HEARTBEAT_INTERVAL", HEARTBEAT_SECONDS)
-    grace = _env_seconds("MIXSEARCH_HEARTBEAT_GRACE", GRACE_SECONDS)
+    interval = env_seconds("MIXSEARCH_HEARTBEAT_INTERVAL", HEARTBEAT_SECONDS)
+    grace = env_seconds("MIXSEARCH_HEARTBEAT_GRACE", GRACE_SECONDS)
     if url.startswith("journal:"):
         path = Path(url[len("journal:"):])
         if not create and not path.is_file():

@@ -6,6 +6,7 @@ What one trial does is in ``trial``; several worker processes at once are ``para
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -21,11 +22,12 @@ from .artifacts import refresh_plots, should_refresh, study_artifact_store
 from .data import dataset_info, load_splits
 from .errors import ArchError, MixsearchError, UsageError
 from .measure import runtime_description
-from .optuna_compat import fail_running_trial, storage_of
+from .optuna_compat import enqueued_params, fail_running_trial, storage_of
 from .pruning import make_pruner
 from .space import count_space
 from .spec import Spec
-from .storage import TrialSlotLock, default_storage_url, mask_password, open_storage, quiet_experimental
+from .storage import (GRACE_SECONDS, TrialSlotLock, default_storage_url, env_seconds, mask_password, open_storage,
+                      quiet_experimental)
 from .train import resolve_device
 from .trial import FINISHED, Objective, Reporter
 
@@ -138,9 +140,14 @@ def recover_trials(study: optuna.Study) -> list[int]:
     of the trials queued again.
     """
     host = socket.gethostname()
+    grace = env_seconds("MIXSEARCH_HEARTBEAT_GRACE", GRACE_SECONDS)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         where, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-        if where == host and pid.isdigit() and _process_gone(int(pid)):
+        # A worker writes its name first thing in a trial; a trial without one after the grace
+        # lost its worker between creation and that write (no pid to check, no heartbeat yet).
+        unclaimed = "worker" not in trial.user_attrs and trial.datetime_start is not None and \
+            (datetime.datetime.now() - trial.datetime_start).total_seconds() > grace
+        if unclaimed or where == host and pid.isdigit() and _process_gone(int(pid)):
             fail_running_trial(study, trial, "worker died")
     with quiet_experimental():  # then the trials of workers elsewhere whose heartbeat stopped
         optuna.storages.fail_stale_trials(study)
@@ -149,9 +156,11 @@ def recover_trials(study: optuna.Study) -> list[int]:
     queued = []
     for trial in trials:
         retries = trial.user_attrs.get("retries", 0)
-        if trial.state != TrialState.FAIL or trial.number in retried or not trial.params or retries >= MAX_RETRIES:
+        # A queued retry that died before it sampled anything still holds its params as fixed ones.
+        params = trial.params or enqueued_params(trial)
+        if trial.state != TrialState.FAIL or trial.number in retried or not params or retries >= MAX_RETRIES:
             continue
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "retries": retries + 1})
+        study.enqueue_trial(params, user_attrs={"retry_of": trial.number, "retries": retries + 1})
         queued.append(trial.number)
     return queued
 

@@ -12,6 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import settings
+
+# Generated-input tests (tests/test_spec_properties.py): the default keeps them to seconds of
+# the suite; `pytest --hypothesis-profile=long` generates thousands of specs for a deeper run.
+settings.register_profile("default", max_examples=40)
+settings.register_profile("long", max_examples=500)  # x2 validate tests + the run ones: > 1,300 specs
 
 ROOT = Path(__file__).resolve().parents[1]
 

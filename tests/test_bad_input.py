@@ -94,6 +94,15 @@ WRONG_VALUES = [
     ("space.patch_size", "big", "an integer"),
     ("space.sharing.mode", ["none", "sometimes"], "one of"),
     ("space.depth", 3, "unknown key"),
+    # Found by the generated specs (tests/test_spec_properties.py): each was a traceback.
+    ("space.family", [], "got a list"),
+    ("study.pruner", {"type": ["median"]}, "got a list"),
+    ("study.timeout", 10**400, "finite"),
+    ("train.lr", 10**400, "finite"),
+    ("study.seed", 2**32, "<= 2147483647"),
+    ("data.seed", 2**63, "<= 2147483647"),
+    ("train.epochs", {"low": 1, "high": 10**15}, "at most 10,000"),
+    ("train.lr", {"low": 0.01, "high": 0.1, 3: 1, "by": 2}, "unknown key"),
 ]
 
 GENERATED = [pytest.param(with_value(path, value), ["run", SPEC], 2, [SPEC, path, said],
@@ -124,6 +133,12 @@ HAND_WRITTEN = [
                  id="patch-bigger-than-image"),
     pytest.param(with_value("space", {**ARCH, "patch_size": 10, "dilation": 4}), ["validate", SPEC], 2,
                  [SPEC, "space", "no buildable arch"], id="no-tokens-dilated"),
+    pytest.param(with_value("space", {"family": "mobilenet", "strides": "1,x"}), ["validate", SPEC], 2,
+                 [SPEC, "space.strides", "1s and 2s"], id="mobilenet-strides-not-numbers"),
+    pytest.param(with_value("data", {"dataset": "cifar10", "source": "bundled"}), ["validate", SPEC], 2,
+                 [SPEC, "data.source", "cifar10"], id="validate-source-the-dataset-lacks"),
+    pytest.param(with_value("train.dro\npout", 0.1), ["validate", SPEC], 2, [SPEC, "train.'dro\\npout': unknown key"],
+                 id="unknown-key-with-a-line-break"),
     pytest.param(with_value("train.device", ["cpu", "cuda"]), ["run", SPEC], 2, [SPEC, "train.device"],
                  id="searched-device"),
     # Data missing offline: nothing may be created before the data is there.

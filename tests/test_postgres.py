@@ -8,14 +8,7 @@ as the ``postgres`` (or ``nobody``) user.
 from __future__ import annotations
 
 import json
-import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 from wsgiref.util import setup_testing_defaults
 
 import optuna
@@ -23,67 +16,16 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import run_cli, start_cli
-
-PG_DIRS = ("/usr/local/bin", "/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/14/bin")
-PASSWORD = "s3cr3t-pw"
-
-
-def _pg_binary(name: str) -> str | None:
-    return shutil.which(name) or next((f"{d}/{name}" for d in PG_DIRS if os.access(f"{d}/{name}", os.X_OK)), None)
-
-
-def _server_user() -> str | None:
-    if os.geteuid() != 0:
-        return None
-    for name in ("postgres", "nobody"):
-        try:
-            pwd.getpwnam(name)
-            return name
-        except KeyError:
-            continue
-    pytest.skip("running as root and no unprivileged user (postgres, nobody) to run PostgreSQL as")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from pg_server import PASSWORD, Unavailable, postgres_server
 
 
 @pytest.fixture(scope="module")
 def postgres_url():
-    initdb, pg_ctl = _pg_binary("initdb"), _pg_binary("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    psycopg2 = pytest.importorskip("psycopg2", reason="the psycopg2 driver is not installed")
-    user = _server_user()
-    # Not under pytest's tmp_path: its parents are private to root, and the server user must enter.
-    home = Path(tempfile.mkdtemp(prefix="mixsearch-pg-"))
-    data = home / "data"
-    (home / "pw").write_text(PASSWORD)
-    wrap = ["runuser", "-u", user, "--"] if user else []
-    if user:
-        record = pwd.getpwnam(user)
-        for path in (home, home / "pw"):
-            os.chown(path, record.pw_uid, record.pw_gid)
-    port = _free_port()
     try:
-        subprocess.run(wrap + [initdb, "-D", str(data), "-U", "mix", f"--pwfile={home / 'pw'}",
-                               "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync"],
-                       check=True, capture_output=True, timeout=60)
-        options = f"-k {home} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50"
-        subprocess.run(wrap + [pg_ctl, "-D", str(data), "-o", options, "-l", str(home / "log"), "-w", "start"],
-                       check=True, capture_output=True, timeout=60)
-        connection = psycopg2.connect(host="127.0.0.1", port=port, user="mix", password=PASSWORD, dbname="postgres")
-        connection.autocommit = True
-        connection.cursor().execute("CREATE DATABASE search")
-        connection.close()
-        yield f"postgresql://mix:{PASSWORD}@127.0.0.1:{port}/search"
-    finally:
-        if data.exists():
-            subprocess.run(wrap + [pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True,
-                           timeout=60)
-        shutil.rmtree(home, ignore_errors=True)
+        with postgres_server() as url:
+            yield url
+    except Unavailable as exc:
+        pytest.skip(str(exc))
 
 
 def dashboard_get(storage, path: str):

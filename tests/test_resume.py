@@ -127,3 +127,32 @@ def test_an_interrupted_trial_is_retried_first(tmp_path, write_spec):
     assert len(retries) == 1 and retries[0].params == study.trials[victim.number].params
     assert retries[0].state == TrialState.COMPLETE
     assert len(finished(study)) == 2
+
+
+@pytest.mark.parametrize("queued_retry", [False, True], ids=["new-trial", "queued-retry"])
+def test_a_trial_whose_worker_died_before_claiming_it_is_failed_and_the_study_ends(tmp_path, write_spec,
+                                                                                   queued_retry):
+    """SIGKILL between a trial's creation and the worker's first write leaves a RUNNING trial that
+    names no worker and has no heartbeat; the study must not wait for it forever (found by
+    bench/chaos.py on PostgreSQL). A queued retry that died so keeps its params for the next retry."""
+    spec = write_spec(train={"epochs": 1})
+    url = f"journal:{tmp_path / 'studies' / 'tiny.log'}"
+    assert run_cli(["run", spec, "--trials", "1", "--storage", url], tmp_path).returncode == 0
+    from mixsearch.storage import open_storage
+
+    study = optuna.load_study(study_name="tiny", storage=open_storage(url, create=False))
+    params = study.trials[0].params
+    if queued_retry:
+        study.enqueue_trial(params, user_attrs={"retry_of": 0, "retries": 1})
+    orphan = study.ask()  # RUNNING, no params sampled, no worker named: its worker is gone
+    result = run_cli(["run", spec, "--trials", "2", "--storage", url], tmp_path, timeout=90,
+                     MIXSEARCH_HEARTBEAT_GRACE="1")
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="tiny", storage=open_storage(url, create=False))
+    assert study.trials[orphan.number].state == TrialState.FAIL
+    assert study.trials[orphan.number].user_attrs["reason"] == "worker died"
+    assert len(finished(study)) == 2
+    retry = [t for t in study.trials if t.user_attrs.get("retry_of") == orphan.number]
+    assert len(retry) == (1 if queued_retry else 0)  # nothing was sampled, so nothing to retry
+    if queued_retry:
+        assert retry[0].params == params and retry[0].state == TrialState.COMPLETE
