@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (run, worker):
         command.add_argument("--trials", type=_positive_int, help="finished trials wanted in total (default: study.trials)")
         command.add_argument("--timeout", type=_seconds, help="stop starting new trials after this many seconds")
+        command.add_argument("--repeats", type=_positive_int, help="seeds per arch and recipe; the accuracy "
+                             "objective is their mean (default: study.repeats)")
         command.add_argument("--artifacts", metavar="DIR", help="artifact store directory for trained trials' files "
                              "(default: artifacts/<name>/ beside a SQLite or journal file, else studies/artifacts)")
 
