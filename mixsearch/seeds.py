@@ -84,7 +84,7 @@ def seed_attrs(results: list[SeedResult]) -> dict[str, Any]:
         attrs[metric] = mean
         if len(results) > 1:
             attrs[metric + SEED_SUFFIX] = values
-            attrs[metric + STD_SUFFIX] = round(std, 6)
+            attrs[metric + STD_SUFFIX] = std
     if len(results) > 1:
         attrs[SEEDS_ATTR] = [r.seed for r in results]
     return attrs
@@ -149,6 +149,21 @@ def confirmation_record(attrs: Mapping[str, Any], earlier: Mapping[str, Any] | N
         spread = seed_summary(attrs, metric, record)
         if spread is not None:
             record[metric] = spread.mean
-            record[metric + STD_SUFFIX] = None if spread.std is None else round(spread.std, 6)
+            record[metric + STD_SUFFIX] = spread.std
     record["n"] = len(own_seeds(attrs)) + len(record[SEEDS_ATTR])
     return record
+
+
+def seed_table(attrs: Mapping[str, Any], confirmation: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """All seeds of a trial (its own, then its confirmation's) with each metric's mean, std and
+    per-seed values; None when it has only one seed."""
+    seeds = own_seeds(attrs) + list((confirmation or {}).get(SEEDS_ATTR, []))
+    if len(seeds) < 2:
+        return None
+    table: dict[str, Any] = {"n": len(seeds), SEEDS_ATTR: seeds}
+    for metric in PER_SEED:
+        values = seed_values(attrs, metric, confirmation)
+        if len(values) == len(seeds):  # a metric an older trial did not record is left out
+            mean, std = mean_std(values)
+            table[metric] = {"mean": mean, "std": std, "values": values}
+    return table
