@@ -282,7 +282,8 @@ def render_markdown(report: Report) -> str:
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     note = "mean ± sample standard deviation over seeds (all seeds of all archs in a group)."
     if report.baseline is not None:
-        note += (f" Baseline: {' '.join(report.baseline)}. Test: {TEST_NAME}, α = {report.alpha:g}; "
+        named = ", ".join(f"{name} = {value}" for name, value in zip(report.by, report.baseline))
+        note += (f" Baseline: {named}. Test: {TEST_NAME}, α = {report.alpha:g}; "
                  "n/a where a side has fewer than 2 seeds or no spread.")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
