@@ -33,6 +33,7 @@ from torch import nn
 
 from .errors import MixsearchError, UsageError
 from .optuna_compat import compute_hypervolume, storage_of
+from .seeds import Spread, confirmations, seed_summary
 from .storage import journal_path, sqlite_path
 
 ARCH_FILE = "arch.yaml"
@@ -253,17 +254,24 @@ def tradeoff_figure(study: optuna.Study):
 
     figure = go.Figure(layout={"title": "Validation accuracy against parameters",
                                "xaxis": {"title": "parameters", "type": "log"},
-                               "yaxis": {"title": "validation accuracy"}, "legend": {"title": "family / patch"}})
+                               "yaxis": {"title": "validation accuracy (mean ± std over seeds)"},
+                               "legend": {"title": "family / patch"}})
     groups: dict[str, list[FrozenTrial]] = {}
     for trial in _trained(study):
         if trial.state == TrialState.COMPLETE and trial.user_attrs.get("params") is not None:
             groups.setdefault(_group(trial), []).append(trial)
+    confirmed = confirmations(study.user_attrs)
     for name in sorted(groups):
         trials = groups[name]
+        # Mean ± std over each trial's seeds (repeats and confirm); one seed: its value, no bar.
+        spreads = [seed_summary(t.user_attrs, "val_accuracy", confirmed.get(t.number))
+                   or Spread(t.user_attrs["curve"][-1]["val_accuracy"], None, 1) for t in trials]
         figure.add_trace(go.Scatter(
-            x=[t.user_attrs["params"] for t in trials], y=[t.user_attrs["curve"][-1]["val_accuracy"] for t in trials],
+            x=[t.user_attrs["params"] for t in trials], y=[s.mean for s in spreads],
+            error_y={"type": "data", "array": [s.std or 0.0 for s in spreads], "visible": True},
             mode="markers", name=name, marker={"size": 9},
-            hovertext=[f"trial {t.number}: {t.user_attrs.get('arch_summary', '')}" for t in trials]))
+            hovertext=[f"trial {t.number}: {t.user_attrs.get('arch_summary', '')} ({s.n} seeds)"
+                       for t, s in zip(trials, spreads)]))
     return figure
 
 

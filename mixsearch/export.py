@@ -157,7 +157,8 @@ class ExportResult:
     index: list[Path] = field(default_factory=list)
 
 
-def _spec_of(study: optuna.Study):
+def study_spec(study: optuna.Study):
+    """The spec a study recorded when it was created."""
     from .spec import parse_spec
 
     raw = study.user_attrs.get("spec")
@@ -182,8 +183,13 @@ def plain_number(value: float) -> float | int:
 
 
 def export_record(study: optuna.Study, trial: FrozenTrial, spec, storage_shown: str) -> dict[str, Any]:
+    """What an exported YAML file holds; ``seeds`` (all the trial's seeds, with mean, std and
+    per-seed values of each accuracy) only for a trial trained with several seeds."""
+    from .seeds import confirm_key, seed_table
+
     attrs = trial.user_attrs
     objectives = {name: plain_number(v) for name, v in zip(study.metric_names, trial.values)}
+    seeds = seed_table(attrs, study.user_attrs.get(confirm_key(trial.number)))
     return plain({
         "format": FORMAT,
         "study": study.study_name,
@@ -199,6 +205,7 @@ def export_record(study: optuna.Study, trial: FrozenTrial, spec, storage_shown: 
         "data": dataclasses.asdict(spec.data),
         "measure": dataclasses.asdict(spec.measure),
         "curve": attrs.get("curve", []),
+        **({"seeds": seeds} if seeds else {}),
     })
 
 
@@ -214,7 +221,7 @@ def export_trials(study: optuna.Study, trials: list[FrozenTrial], out_dir: str |
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MixsearchError(f"-o {out}: cannot create it ({exc.strerror})") from None
-    spec = _spec_of(study)
+    spec = study_spec(study)
     result = ExportResult()
     rows = []
     for trial in trials:
@@ -246,12 +253,19 @@ def export_trials(study: optuna.Study, trials: list[FrozenTrial], out_dir: str |
 
 def write_index(study: optuna.Study, rows, out: Path) -> list[Path]:
     names = list(study.metric_names)
-    header = ["trial", "file", *names, "test_accuracy", "epochs", "weights", "arch"]
+    # Mean and std over all the trial's seeds (repeats and confirm); one seed: its value, no std.
+    header = ["trial", "file", *names, "test_accuracy", "seeds", "val_acc_mean", "val_acc_std", "test_acc_mean",
+              "test_acc_std", "epochs", "weights", "arch"]
     table = []
     for trial, record, path in rows:
+        seeds = record.get("seeds") or {}
+        spread = []
+        for metric, single in (("val_accuracy", record["metrics"].get("val_accuracy")),
+                               ("test_accuracy", record.get("test_accuracy"))):
+            spread += [seeds[metric]["mean"], seeds[metric]["std"]] if metric in seeds else [single, None]
         table.append([trial.number, path.name, *[record["objectives"][n] for n in names],
-                      record.get("test_accuracy"), record["metrics"].get("epochs_run"), record.get("weights") or "",
-                      record.get("summary", "")])
+                      record.get("test_accuracy"), seeds.get("n", 1), *spread, record["metrics"].get("epochs_run"),
+                      record.get("weights") or "", record.get("summary", "")])
     with (out / "index.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)

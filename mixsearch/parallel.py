@@ -53,13 +53,14 @@ def plan_workers(spec: Spec, jobs: int, storage_url: str | None = None) -> Worke
 
 
 def worker_command(spec: Spec, plan: WorkerPlan, trials: int | None = None, timeout: float | None = None,
-                   seed: int | None = None, artifacts: str | None = None) -> list[str]:
+                   seed: int | None = None, artifacts: str | None = None, repeats: int | None = None) -> list[str]:
     """The ``mixsearch worker`` command line every worker runs (``--index`` is added per worker)."""
     if not Path(spec.source).is_file():
         raise UsageError(f"{spec.source}: parallel workers read the spec from its file; load it with load_spec")
     command = [sys.executable, "-m", "mixsearch", "worker", spec.source, "--storage", plan.storage_url,
                "--threads", str(plan.threads)]
-    for flag, value in (("--trials", trials), ("--timeout", timeout), ("--seed", seed), ("--artifacts", artifacts)):
+    for flag, value in (("--trials", trials), ("--timeout", timeout), ("--seed", seed), ("--artifacts", artifacts),
+                        ("--repeats", repeats)):
         if value is not None:
             command += [flag, str(value)]
     return command
@@ -67,7 +68,7 @@ def worker_command(spec: Spec, plan: WorkerPlan, trials: int | None = None, time
 
 def run_parallel(spec: Spec, jobs: int, storage_url: str | None = None, trials: int | None = None,
                  timeout: float | None = None, seed: int | None = None, artifacts: str | None = None,
-                 on_start: Callable[[WorkerPlan], None] | None = None) -> ParallelSummary:
+                 on_start: Callable[[WorkerPlan], None] | None = None, repeats: int | None = None) -> ParallelSummary:
     """Run ``jobs`` worker processes on the study until it has ``trials`` finished trials.
 
     ``spec`` must come from a file (``load_spec``): the workers read it again. Without a storage,
@@ -76,7 +77,7 @@ def run_parallel(spec: Spec, jobs: int, storage_url: str | None = None, trials: 
     exits); a second one kills them and propagates. Workers print their own trial lines.
     """
     plan = plan_workers(spec, jobs, storage_url)
-    command = worker_command(spec, plan, trials, timeout, seed, artifacts)
+    command = worker_command(spec, plan, trials, timeout, seed, artifacts, repeats)
     if on_start is not None:
         on_start(plan)
     started = time.perf_counter()
@@ -87,10 +88,11 @@ def run_parallel(spec: Spec, jobs: int, storage_url: str | None = None, trials: 
     workers = [subprocess.Popen(command + ["--index", "0"], process_group=0)]
     interrupted = False
     try:
-        # The first worker creates the study; the others join it once it exists.
-        while workers[0].poll() is None and name not in study_names(storage):
+        # The first worker creates the study (and queues its enqueued entries); the others join it
+        # once it is set up, which its metric names, set last, say.
+        while workers[0].poll() is None and not _study_ready(storage, name):
             time.sleep(STARTUP_POLL_SECONDS)
-        if workers[0].poll() is None or name in study_names(storage):
+        if workers[0].poll() is None or _study_ready(storage, name):
             workers += [subprocess.Popen(command + ["--index", str(i)], process_group=0) for i in range(1, jobs)]
     except KeyboardInterrupt:
         interrupted = True
@@ -109,6 +111,15 @@ def run_parallel(spec: Spec, jobs: int, storage_url: str | None = None, trials: 
     study = load_study(storage, name, mask_password(plan.storage_url)) if name in study_names(storage) else None
     return ParallelSummary(study, plan.storage_url, codes, interrupted or 130 in codes,
                            time.perf_counter() - started)
+
+
+def _study_ready(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    if name not in study_names(storage):
+        return False
+    from .storage import quiet_experimental
+
+    with quiet_experimental():
+        return load_study(storage, name, name).metric_names is not None
 
 
 def _interrupt(workers: list[subprocess.Popen]) -> None:

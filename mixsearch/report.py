@@ -2,12 +2,11 @@
 
 A study's trials are first gathered into *arch runs*: the finished trials of one arch trained with
 one recipe (the ``arch_hash`` user attr, which covers both) are repeats of that arch, and each
-trial brings one or more seeds. A trial trained with several seeds stores the per-seed values as
-lists (``SEEDS_ATTR``, and ``<metric>_seeds`` for each metric in ``SEED_METRICS``); a trial
-without them is one seed, its plain attr (``test_accuracy``...) the value. Trials that reused
-another trial's result (``duplicate_of``) add no seed.
+trial brings one or more seeds: its own (``study.repeats``; layout in ``seeds``) and those
+``mixsearch confirm`` added. Trials that reused another trial's result (``duplicate_of``) add no
+seed.
 
-Arch runs are then grouped by the values of chosen fields (``FIELDS``: sharing pattern, bias mode,
+Arch runs are then grouped by the values of chosen fields (``FIELDS``: the arch, sharing pattern, bias mode,
 patch size, dilation, fusion modes, or any arch or recipe field by name), and each group gets the
 mean and sample standard deviation over all its seeds. A group is compared to a named baseline
 group with Welch's t-test (unequal variances) on the per-seed test accuracies, two-sided, at
@@ -18,15 +17,14 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 
-# The per-seed layout a trial with repeats stores (besides the plain attr, which is the mean):
-SEEDS_ATTR = "seeds"                 # list of training seeds, one per repeat
-SEED_SUFFIX = "_seeds"               # e.g. test_accuracy_seeds: one value per seed, in SEEDS order
-STD_SUFFIX = "_std"                  # e.g. test_accuracy_std: sample std over those seeds
+from .arch import arch_from_dict
+from .seeds import SEED_SUFFIX, seed_values
+
 # Metrics that vary with the seed; static ones (params, flops) are one value per arch.
 SEED_METRICS = ("train_accuracy", "val_accuracy", "test_accuracy", "train_seconds", "latency_ms")
 
@@ -35,7 +33,7 @@ METRICS: dict[str, str] = {
     "params": "params",
     "flops": "FLOPs",
     "latency_ms": "latency ms",
-    "peak_memory_bytes": "memory B",
+    "memory_bytes": "memory B",
     "train_accuracy": "train acc",
     "val_accuracy": "val acc",
     "test_accuracy": "test acc",
@@ -84,6 +82,7 @@ def fusion_modes(arch: dict) -> str:
 # Derived fields; any other name is looked up in the arch dict, then (as ``train.X`` or ``X``) in
 # the recipe, then in the trial's user attrs (``label`` for enqueued entries, for instance).
 FIELDS: dict[str, Callable[[dict], str]] = {
+    "arch": lambda arch: arch_from_dict(arch).describe(),
     "sharing": sharing_pattern,
     "bias": bias_mode,
     "fusion": fusion_modes,
@@ -117,20 +116,11 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def trial_seed_values(trial: FrozenTrial, metric: str) -> list[float]:
-    """The per-seed values of ``metric`` that ``trial`` holds (one when it ran one seed)."""
-    attrs = trial.user_attrs
-    per_seed = attrs.get(metric + SEED_SUFFIX)
-    if per_seed is not None:
-        return [float(v) for v in per_seed]
-    if attrs.get(metric) is None:
-        return []
-    return [float(attrs[metric])]
-
-
-def collect_runs(trials: Iterable[FrozenTrial]) -> list[ArchRun]:
-    """Arch runs from a study's trials: complete, trained (not infeasible) and not reused copies."""
+def collect_runs(trials: Iterable[FrozenTrial], confirmations: Mapping[int, Mapping] | None = None) -> list[ArchRun]:
+    """Arch runs from a study's trials: complete, trained (not infeasible) and not reused copies.
+    ``confirmations`` (trial number -> ``confirm:<number>`` record) adds the seeds of ``confirm``."""
     runs: dict[str, ArchRun] = {}
+    confirmations = confirmations or {}
     for trial in trials:
         attrs = trial.user_attrs
         if trial.state != TrialState.COMPLETE or "duplicate_of" in attrs or "infeasible_reason" in attrs:
@@ -140,10 +130,12 @@ def collect_runs(trials: Iterable[FrozenTrial]) -> list[ArchRun]:
         key = attrs.get("arch_hash", f"trial-{trial.number}")
         run = runs.setdefault(key, ArchRun(key, attrs["arch"], attrs.get("recipe", {}), dict(attrs)))
         run.trials.append(trial.number)
+        confirmation = confirmations.get(trial.number)
+        seeds = len(seed_values(attrs, TESTED_METRIC, confirmation))
         for metric in METRICS:
-            values = trial_seed_values(trial, metric)
+            values = seed_values(attrs, metric, confirmation)
             if metric not in SEED_METRICS and values:
-                values = values[:1] * len(trial_seed_values(trial, TESTED_METRIC))  # static: once per seed
+                values = values[:1] * seeds  # static: one value per arch, counted once per seed
             run.values.setdefault(metric, []).extend(values)
     return list(runs.values())
 
@@ -202,11 +194,12 @@ class Report:
 
 
 def build_report(trials: Iterable[FrozenTrial], by: Sequence[str],
-                 baseline: dict[str, Any] | None = None, alpha: float = 0.05) -> Report:
+                 baseline: dict[str, Any] | None = None, alpha: float = 0.05,
+                 confirmations: Mapping[int, Mapping] | None = None) -> Report:
     """Group ``trials`` (e.g. ``study.get_trials()``) by the fields ``by``; compare each group with
     the group whose field values are ``baseline`` (a mapping field -> value; fields it leaves out
-    match anything, and it must match exactly one group)."""
-    runs = collect_runs(trials)
+    match anything, and it must match exactly one group). ``confirmations``: see ``collect_runs``."""
+    runs = collect_runs(trials, confirmations)
     by = tuple(by)
     grouped: dict[tuple[str, ...], list[ArchRun]] = {}
     for run in runs:
@@ -289,7 +282,8 @@ def render_markdown(report: Report) -> str:
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     note = "mean ± sample standard deviation over seeds (all seeds of all archs in a group)."
     if report.baseline is not None:
-        note += (f" Baseline: {' '.join(report.baseline)}. Test: {TEST_NAME}, α = {report.alpha:g}; "
+        named = ", ".join(f"{name} = {value}" for name, value in zip(report.by, report.baseline))
+        note += (f" Baseline: {named}. Test: {TEST_NAME}, α = {report.alpha:g}; "
                  "n/a where a side has fewer than 2 seeds or no spread.")
     return "\n".join(lines) + "\n\n" + note + "\n"
 

@@ -43,6 +43,7 @@ STUDY_RULES: dict[str, Rule] = {
     "timeout": Rule(float, None, nullable=True, minimum=0.0),
     "seed": Rule(int, 0, minimum=0, maximum=MAX_SEED),
     "sampler": Rule(str, "tpe", allowed=SAMPLERS),
+    "repeats": Rule(int, 1, minimum=1),
     "pruner": Rule(object, "pareto"),  # a pruner name, or a mapping {type: NAME, setting: value...}
     "enqueue": Rule(list, None, nullable=True, help="a list of fixed archs and recipes, each a mapping "
                     "with optional label, space and train"),
@@ -75,6 +76,7 @@ class StudyConfig:
     sampler: str
     pruner: str
     pruner_settings: dict[str, Any] = field(default_factory=dict)
+    repeats: int = 1  # seeds per arch and recipe; the accuracy objective is their mean
 
 
 @dataclass

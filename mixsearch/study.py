@@ -107,16 +107,27 @@ def open_study(spec: Spec, storage_url: str, seed: int, create: bool = True) -> 
                                     directions=spec.directions, load_if_exists=True)
     except ValueError as exc:
         raise UsageError(f"storage {shown}: study {spec.study.name!r} exists with other objectives ({exc})") from None
-    if study.metric_names is None:
-        with quiet_experimental():
-            study.set_metric_names(list(spec.objectives))
+    if study.metric_names is None:  # just created: set it up, the metric names last
+        enqueue_entries(study, spec)
         study.set_user_attr("spec_file", spec.source)
         study.set_user_attr("spec", json.loads(json.dumps(spec.raw, default=str)))
         study.set_user_attr("latency_runtime", runtime_description(spec.measure.runtime))
+        with quiet_experimental():
+            study.set_metric_names(list(spec.objectives))
     elif list(study.metric_names) != list(spec.objectives):
         raise UsageError(f"{spec.source}: objectives {list(spec.objectives)} differ from the existing study "
                          f"{spec.study.name!r} in {shown} ({list(study.metric_names)}); use another study.name")
     return study
+
+
+def enqueue_entries(study: optuna.Study, spec: Spec) -> None:
+    """Queue the spec's ``study.enqueue`` entries, in order, so that they are the first trials.
+
+    Called once, when the study is created: a resumed study has them already (run or not). The
+    other workers of ``run --jobs`` start only once the metric names, set after this, exist.
+    """
+    for entry, params in zip(spec.enqueue, spec.enqueued_params()):
+        study.enqueue_trial(params, user_attrs={"label": entry.label} if entry.label else None)
 
 
 def _process_gone(pid: int) -> bool:
@@ -168,7 +179,7 @@ def recover_trials(study: optuna.Study) -> list[int]:
 def run_study(spec: Spec, storage_url: str | None = None, trials: int | None = None,
               timeout: float | None = None, seed: int | None = None,
               reporter: Reporter | None = None, sampler_seed: int | None = None,
-              artifacts: str | None = None, jobs: int = 1):
+              artifacts: str | None = None, jobs: int = 1, repeats: int | None = None):
     """Run (or resume) the study until ``trials`` finished trials exist in total.
 
     ``jobs`` > 1 runs that many worker processes instead (``parallel.run_parallel``, which needs
@@ -180,11 +191,12 @@ def run_study(spec: Spec, storage_url: str | None = None, trials: int | None = N
     workers are failed and their params tried again first. Ctrl-C fails the running trial with
     reason "interrupted" and returns a summary with ``interrupted`` set. Trained trials upload
     their files to the artifact store in ``artifacts`` (default: see ``artifacts.artifact_dir``).
+    ``repeats`` (default ``study.repeats``) trains each arch and recipe with that many seeds.
     """
     if jobs > 1:
         from .parallel import run_parallel
 
-        return run_parallel(spec, jobs, storage_url, trials, timeout, seed, artifacts)
+        return run_parallel(spec, jobs, storage_url, trials, timeout, seed, artifacts, repeats=repeats)
     reporter = reporter or Reporter()
     storage_url = storage_url or spec.study.storage or default_storage_url(spec.study.name)
     seed = spec.study.seed if seed is None else seed
@@ -203,7 +215,8 @@ def run_study(spec: Spec, storage_url: str | None = None, trials: int | None = N
     pruner = make_pruner(spec.study.pruner, spec.study.pruner_settings)
     lock = TrialSlotLock(storage_of(study), storage_url, spec.study.name)
     objective = Objective(spec, splits, pruner, seed, reporter, on_start=lambda trial: lock.release(),
-                          artifact_store=study_artifact_store(study, storage_url, artifacts, record=True))
+                          artifact_store=study_artifact_store(study, storage_url, artifacts, record=True),
+                          repeats=repeats or spec.study.repeats)
 
     def trial_finished(study: optuna.Study, trial: FrozenTrial) -> None:
         reporter.trial_finished(trial)

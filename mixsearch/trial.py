@@ -1,5 +1,5 @@
 """One trial, as named steps: sample → static measures → constraints → duplicates → train with
-pruning → record.
+pruning → more seeds (``study.repeats``) → record.
 
 Each step is a function of the Optuna trial and what the earlier steps gave, so each can be run
 and tested alone; ``Objective`` only chains them. A step that ends the trial early either returns
@@ -29,12 +29,13 @@ from .measure import STATIC_ATTRS, StaticMetrics, StaticSizes, measure_static, s
 from .models import build_model
 from .optuna_compat import fail_running_trial
 from .pruning import MultiObjectivePruner, TrialView
+from .seeds import SeedResult, measure_seed, repeat_seeds, seed_attrs, train_seed
 from .spec import Spec
-from .train import DivergenceError, EpochResult, TrainRecipe, TrainResult, evaluate, train
+from .train import DivergenceError, EpochResult, TrainRecipe, TrainResult, train
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Attributes of an original that a duplicate does not copy: they describe that run, not the arch.
-_NOT_COPIED = ("train_seconds", "retry_of", "retries", "reason", "pruned_reason", "pruned_epoch")
+_NOT_COPIED = ("train_seconds", "train_seconds_seeds", "train_seconds_std", "retry_of", "retries", "reason", "pruned_reason", "pruned_epoch")
 
 
 class Reporter:
@@ -225,15 +226,45 @@ def train_with_pruning(trial: optuna.Trial, model: torch.nn.Module, spec: Spec, 
     return result
 
 
-# -- 6. record -----------------------------------------------------------------------------------
+# -- 6. more seeds -------------------------------------------------------------------------------
+
+def train_more_seeds(trial: optuna.Trial, sampled: Sampled, splits: Splits, seeds: list[int], reporter: Reporter,
+                     trainer: Callable[..., TrainResult] | None = None) -> list[SeedResult]:
+    """``study.repeats`` > 1: the same arch and recipe from each further seed, trained to the end.
+
+    The pruner has already judged the first seed's curve; these are not pruned. A seed that
+    diverges prunes the trial (its mean would mean nothing)."""
+    results = []
+    for seed in seeds:
+        def on_epoch(result: EpochResult) -> bool:
+            reporter.epoch_done(trial.number, result, sampled.recipe.epochs)
+            return False
+        try:
+            results.append(train_seed(sampled.arch, sampled.recipe, splits, seed, on_epoch, trainer))
+        except DivergenceError as exc:
+            prune(trial, f"diverged with seed {seed}: {exc}", exc.epoch)
+    return results
+
+
+# -- 7. record -----------------------------------------------------------------------------------
 
 def record_result(trial: optuna.Trial, model: torch.nn.Module, arch: Arch, splits: Splits,
-                  result: TrainResult, artifact_store: Any = None) -> None:
-    """Test accuracy and the trained model's files: what export and the dashboard show later."""
-    trial.set_user_attr("test_accuracy", evaluate(model, splits.test_x, splits.test_y))
-    trial.set_user_attr("val_accuracy", result.val_accuracy)
+                  result: TrainResult, artifact_store: Any = None) -> SeedResult:
+    """The first seed's accuracies and trained model's files: what export and the dashboard show."""
+    first = measure_seed(model, splits, trial.user_attrs["seed"], result)
+    record_seeds(trial, [first])
     if artifact_store is not None:
         save_trial_artifacts(trial, artifact_store, arch, model, trial.user_attrs["curve"])
+    return first
+
+
+def record_seeds(trial: optuna.Trial, results: list[SeedResult]) -> float:
+    """Store the seeds' results (means, and per-seed lists and std for several); return the mean
+    validation accuracy, the trial's accuracy objective."""
+    attrs = seed_attrs(results)
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    return attrs["val_accuracy"]
 
 
 # -- the chain -----------------------------------------------------------------------------------
@@ -251,6 +282,7 @@ class Objective:
     on_start: Callable[[optuna.Trial], None] | None = None  # first thing once the trial is RUNNING
     current: optuna.Trial | None = None  # the trial this process runs now
     artifact_store: Any = None  # an Optuna artifact store: arch, curve and weights of trained trials
+    repeats: int = 1  # seeds per trial; the accuracy objective is their mean
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         self.current = trial
@@ -283,5 +315,9 @@ class Objective:
             return objective_values(spec, 0.0, static)
         result = train_with_pruning(trial, model, spec, splits, sampled.recipe, static, self.pruner, seed,
                                     self.reporter, self.trainer)
-        record_result(trial, model, sampled.arch, splits, result, self.artifact_store)
-        return objective_values(spec, result.val_accuracy, static)
+        first = record_result(trial, model, sampled.arch, splits, result, self.artifact_store)
+        if self.repeats == 1:
+            return objective_values(spec, first.val_accuracy, static)
+        more = train_more_seeds(trial, sampled, splits, repeat_seeds(seed, self.repeats - 1, start=1),
+                                self.reporter, self.trainer)
+        return objective_values(spec, record_seeds(trial, [first, *more]), static)

@@ -89,3 +89,18 @@ def test_run_study_with_jobs_runs_workers_from_python(tmp_path, write_spec, monk
     assert summary.exit_codes == [0, 0] and not summary.failed and not summary.interrupted
     assert summary.storage_url == "journal:studies/tiny.log"
     assert len(summary.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3
+
+
+def test_workers_queue_the_enqueued_entries_once_and_pass_repeats_on(tmp_path, write_spec):
+    # The first worker creates the study and queues the entries; the second joins only after.
+    entries = [{"label": f"L{layers}", "space": {"layers": layers, "channels": 8, "patch_size": 7, "dilation": 1,
+                                                  "sharing": {"mode": "none", "bias": "tied"}}} for layers in (1, 2)]
+    spec = write_spec(study={"enqueue": entries}, train={"epochs": 1},
+                      data={"train_size": 200, "val_size": 100, "test_size": 100})
+    result = run_cli(["run", spec, "--jobs", "2", "--trials", "2", "--repeats", "2"], tmp_path, timeout=90)
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="tiny", storage=JournalStorage(
+        JournalFileBackend(str(tmp_path / "studies" / "tiny.log"))))
+    assert len(study.trials) == 2  # no second, WAITING copy of the entries
+    assert sorted(t.user_attrs["label"] for t in study.trials) == ["L1", "L2"]
+    assert all(len(t.user_attrs["test_accuracy_seeds"]) == 2 for t in study.trials)

@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"run": run.cmd_run, "worker": run.cmd_worker, "validate": commands.cmd_validate,
                "show": commands.cmd_show, "dashboard": commands.cmd_dashboard, "export": commands.cmd_export,
-               "train": commands.cmd_train, "evaluate": commands.cmd_evaluate}[args.command]
+               "train": commands.cmd_train, "evaluate": commands.cmd_evaluate, "confirm": commands.cmd_confirm,
+               "report": commands.cmd_report}[args.command]
     try:
         return handler(args) or 0
     except MixsearchError as exc:

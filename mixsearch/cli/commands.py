@@ -1,13 +1,13 @@
-"""``validate``, ``show``, ``dashboard``, ``export``, ``train`` and ``evaluate``: each parses its
-target, makes one library call and renders the result (``render``)."""
+"""``validate``, ``show``, ``dashboard``, ``export``, ``train``, ``evaluate``, ``confirm`` and
+``report``: each parses its target, makes one library call and renders the result (``render``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..errors import UsageError
-from .render import (console, print_epoch, print_evaluation, print_exported, print_front, print_note,
-                     print_retrained, print_spec_check)
+from .render import (console, print_confirmed, print_epoch, print_evaluation, print_exported, print_front,
+                     print_note, print_report, print_retrained, print_spec_check)
 
 
 def cmd_validate(args) -> int:
@@ -91,4 +91,50 @@ def cmd_evaluate(args) -> int:
     from ..retrain import evaluate_export
 
     print_evaluation(evaluate_export(args.exported, data_source=args.data_source))
+    return 0
+
+
+def cmd_confirm(args) -> int:
+    from ..artifacts import refresh_plots
+    from ..confirm import confirm_front
+
+    study, shown, _ = _open_study(args)
+    spec = None
+    if args.target.endswith((".yaml", ".yml")):
+        from ..spec import load_spec
+
+        spec = load_spec(args.target)  # its data section says where the images are here
+
+    def on_seed(number: int, seed: int) -> None:
+        console.print(f"trial {number}: training with seed {seed}", highlight=False)
+
+    done = confirm_front(study, seeds=args.seeds, spec=spec, on_seed=on_seed)
+    if not done:
+        raise UsageError(f"study {study.study_name}: no Pareto-optimal trained trial to confirm yet")
+    refresh_plots(study)
+    print_confirmed(study, done)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from ..report import build_report, render_markdown
+    from ..seeds import confirmations
+
+    study, _, _ = _open_study(args)
+    baseline = dict(args.baseline) if args.baseline else None
+    try:
+        report = build_report(study.get_trials(deepcopy=False), args.by, baseline,
+                              confirmations=confirmations(study.user_attrs))
+    except ValueError as exc:
+        raise UsageError(f"{'--baseline' if baseline and 'baseline' in str(exc) else '--by'}: {exc}") from None
+    if not report.groups:
+        raise UsageError(f"study {study.study_name}: no complete trained trial to report yet")
+    text = render_markdown(report)
+    if args.output:
+        out = Path(args.output)
+        try:
+            out.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"-o {out}: cannot write it ({exc.strerror})") from None
+    print_report(study, text, args.output)
     return 0

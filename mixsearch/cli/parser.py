@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (run, worker):
         command.add_argument("--trials", type=_positive_int, help="finished trials wanted in total (default: study.trials)")
         command.add_argument("--timeout", type=_seconds, help="stop starting new trials after this many seconds")
+        command.add_argument("--repeats", type=_positive_int, help="seeds per arch and recipe; the accuracy "
+                             "objective is their mean (default: study.repeats)")
         command.add_argument("--artifacts", metavar="DIR", help="artifact store directory for trained trials' files "
                              "(default: artifacts/<name>/ beside a SQLite or journal file, else studies/artifacts)")
 
@@ -66,7 +68,32 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("target", help="a spec YAML file, a storage URL, or a .db file")
     show.add_argument("--study", help="study name (needed when the storage holds several)")
     _add_takeaway_commands(commands)
+    _add_seed_commands(commands)
     return parser
+
+
+def _field_value(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    return name, value
+
+
+def _add_seed_commands(commands) -> None:
+    confirm = commands.add_parser("confirm", help="train the Pareto-optimal trials again with more seeds")
+    confirm.add_argument("target", help="a spec YAML file, a storage URL, or a .db file")
+    confirm.add_argument("--study", help="study name (needed when the storage holds several)")
+    confirm.add_argument("--seeds", type=_positive_int, default=3, help="more seeds per trial (default 3)")
+
+    report = commands.add_parser("report", help="an ablation table: groups of arch fields, mean ± std over seeds")
+    report.add_argument("target", help="a spec YAML file, a storage URL, or a .db file")
+    report.add_argument("--study", help="study name (needed when the storage holds several)")
+    report.add_argument("--by", nargs="+", metavar="FIELD", default=["arch"],
+                        help="group by these fields: arch, sharing, bias, fusion, label, any arch field "
+                             "(patch_size, dilation...) or train.FIELD (default: arch)")
+    report.add_argument("--baseline", nargs="+", type=_field_value, metavar="FIELD=VALUE",
+                        help="the group the others are compared with (Welch's t-test on per-seed test accuracy)")
+    report.add_argument("-o", "--output", metavar="FILE.md", help="also write the table as Markdown to this file")
 
 
 def _add_takeaway_commands(commands) -> None:

@@ -73,24 +73,45 @@ def trial_line(trial, objectives: list[str]) -> str:
     return f"trial {trial.number:>3} {trial.state.name.lower():<8} {values}  {trial_note(trial)}"
 
 
+def format_spread(mean: float, std: float | None) -> str:
+    """An accuracy over seeds: ``0.9612 ± 0.0044`` (no ± with one seed)."""
+    return format_accuracy(mean) if std is None else f"{mean:.4f} ± {std:.4f}"
+
+
 def print_front(study, shown_url: str) -> None:
-    """The Pareto front table, the trial counts and where to go next."""
+    """The Pareto front table, the trial counts and where to go next. A trial trained with
+    several seeds (repeats, confirm) shows mean ± std of its validation and test accuracy."""
+    from ..seeds import confirmations, seed_table
     from ..study import pareto_trials, state_counts
 
     names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
     front = pareto_trials(study)
+    confirmed = confirmations(study.user_attrs)
     table = Table(title=f"Pareto front of {study.study_name} ({len(front)} trials)")
     table.add_column("trial", justify="right")
     for name in names:
         table.add_column(name, justify="right", no_wrap=True)
-    table.add_column("test acc", justify="right")
+    table.add_column("test acc", justify="right", no_wrap=True)
+    table.add_column("seeds", justify="right")
     table.add_column("epochs", justify="right")
     table.add_column("arch", ratio=1)
+    spread_shown = False
     for trial in front:
+        seeds = seed_table(trial.user_attrs, confirmed.get(trial.number))
         cells = [format_value(n, v) for n, v in zip(names, trial.values)]
-        table.add_row(str(trial.number), *cells, format_accuracy(trial.user_attrs.get("test_accuracy")),
+        test = format_accuracy(trial.user_attrs.get("test_accuracy"))
+        if seeds is not None:
+            spread_shown = True
+            if "accuracy" in names and "val_accuracy" in seeds:
+                cells[names.index("accuracy")] = format_spread(seeds["val_accuracy"]["mean"], seeds["val_accuracy"]["std"])
+            if "test_accuracy" in seeds:
+                test = format_spread(seeds["test_accuracy"]["mean"], seeds["test_accuracy"]["std"])
+        table.add_row(str(trial.number), *cells, test, str(seeds["n"] if seeds else 1),
                       str(trial.user_attrs.get("epochs_run", "-")), arch_summary(trial))
     console.print(table)
+    if spread_shown:
+        console.print("accuracy and test acc: mean ± sample std over the trial's seeds (repeats and confirm)",
+                      highlight=False)
     counts = state_counts(study)
     console.print("trials: " + (", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "none"),
                   highlight=False)
@@ -128,6 +149,29 @@ def print_exported(study, trials, result, out) -> None:
     console.print(table)
     console.print(f"index: {out / 'index.md'}; load one with mixsearch.load_model(\"{result.files[0]}\")",
                   highlight=False)
+
+
+def print_confirmed(study, done) -> None:
+    """``confirm``: per trial, its seeds in all and mean ± std of validation and test accuracy."""
+    table = Table(title=f"confirmed {len(done)} Pareto-optimal trials of {study.study_name}")
+    for column in ("trial", "new seeds", "seeds", "val acc", "test acc", "arch"):
+        table.add_column(column, justify="left" if column == "arch" else "right")
+    for item in done:
+        record = item.record
+        table.add_row(str(item.trial.number), str(len(item.new_seeds)), str(record["n"]),
+                      format_spread(record["val_accuracy"], record.get("val_accuracy_std")),
+                      format_spread(record["test_accuracy"], record.get("test_accuracy_std")), arch_summary(item.trial))
+    console.print(table)
+    console.print("mean ± sample std over all the trial's seeds (its own and confirm's); "
+                  f"stored as study user attrs confirm:<trial>; see mixsearch show / report", highlight=False)
+
+
+def print_report(study, markdown: str, output: str | None) -> None:
+    """``report``: the Markdown table as it is written (it reads as text in a terminal too)."""
+    console.print(f"study {study.study_name}", highlight=False)
+    console.print(markdown, highlight=False, markup=False, soft_wrap=True)
+    if output:
+        console.print(f"wrote {output}", highlight=False)
 
 
 def print_retrained(done) -> None:

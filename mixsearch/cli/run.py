@@ -108,7 +108,8 @@ def cmd_run(args) -> int:
         progress.console.print(f"study {spec.study.name} in {mask_password(url)}", highlight=False)
         with FirstInterrupt():
             summary = run_study(spec, storage_url=url, trials=args.trials, timeout=args.timeout,
-                                seed=args.seed, reporter=reporter, artifacts=args.artifacts)
+                                seed=args.seed, reporter=reporter, artifacts=args.artifacts,
+                                repeats=args.repeats)
             progress.update(task, status="interrupted" if summary.interrupted else "done")
     console.print(f"{summary.added} trials added in {summary.seconds:.0f} s; "
                   f"{summary.finished} finished of {target} wanted.", highlight=False)
@@ -138,7 +139,7 @@ def cmd_worker(args) -> int:
     with FirstInterrupt():
         summary = run_study(spec, storage_url=url, trials=args.trials, timeout=args.timeout, seed=args.seed,
                             reporter=LineReporter(name, list(spec.objectives)), sampler_seed=sampler_seed,
-                            artifacts=args.artifacts)
+                            artifacts=args.artifacts, repeats=args.repeats)
     print(f"{name}: {summary.added} trials added in {summary.seconds:.0f} s; {summary.finished} finished "
           f"in {mask_password(url)}", flush=True)
     return 130 if summary.interrupted else 0
@@ -155,7 +156,7 @@ def _run_jobs(args, spec) -> int:
                       highlight=False)
 
     summary = run_parallel(spec, args.jobs, storage_url=args.storage, trials=args.trials, timeout=args.timeout,
-                           seed=args.seed, artifacts=args.artifacts, on_start=announce)
+                           seed=args.seed, artifacts=args.artifacts, on_start=announce, repeats=args.repeats)
     if summary.study is not None:
         print_front(summary.study, mask_password(summary.storage_url))
     if summary.failed:

@@ -24,6 +24,15 @@ from ..arch import MixerArch, patch_span
 from .blocks import MLP, SharedLinear, shared_linears
 
 
+@torch.fx.wrap  # one opaque call when traced (measure.memory): its branch depends on the input's size
+def pad_to_span(x: torch.Tensor, span: int) -> torch.Tensor:
+    """Zero-pad the right and bottom of ``x`` to a multiple of ``span`` pixels."""
+    height, width = x.shape[-2:]
+    if height % span or width % span:
+        x = F.pad(x, (0, -width % span, 0, -height % span))
+    return x
+
+
 class PatchEmbed(nn.Module):
     """Non-overlapping dilated patches → one C-dim token each, in row-major order.
 
@@ -47,9 +56,7 @@ class PatchEmbed(nn.Module):
         """(B, C_in, H, W) → (B, S, C), a view of a token-major (S, B, C) tensor."""
         batch, in_channels, height, width = x.shape
         span, step = self.span, self.dilation
-        # Padding by zero pixels is a no-op; no `if` here, so the model stays traceable by torch.fx
-        # (measure.memory traces it), where shapes are symbols that cannot steer control flow.
-        x = F.pad(x, (0, -width % span, 0, -height % span))
+        x = pad_to_span(x, span)
         rows, cols = x.shape[-2] // span, x.shape[-1] // span
         # (B, C_in, rows, span, cols, span) → the sampled P×P pixels of each patch → (rows, cols, B, C_in, P, P)
         patches = x.reshape(batch, in_channels, rows, span, cols, span)[:, :, :, ::step, :, ::step]
