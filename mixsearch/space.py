@@ -134,7 +134,7 @@ class MobileNetSpace:
         if len(strides) < blocks:
             raise ArchError(f"stride pattern {pattern!r} has {len(strides)} entries for {blocks} blocks")
         multiplier = c["width_multiplier"].suggest(trial, "width_multiplier")
-        base_widths = c["widths"].value if isinstance(c["widths"], Fixed) else None
+        base_widths = c["widths"].value if isinstance(c["widths"], Fixed) else c["widths"]  # a plain list
         strategy = self.fusion["strategy"].suggest(trial, "fusion.strategy")
         uniform_mode = None
         if strategy == "uniform":

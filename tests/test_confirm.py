@@ -116,7 +116,7 @@ def test_report_writes_a_table_of_all_seeds(confirmed, tmp_path):
         assert cells[2] == str(len(tests))
         expected = f"{statistics.fmean(tests):.4f}" + (f" ± {statistics.stdev(tests):.4f}" if len(tests) > 1 else "")
         assert expected in rows[label]
-    assert "baseline" in rows["one layer"] and "Welch's t-test" in text
+    assert "baseline" in rows["one layer"] and "Welch's t-test" in text and "Baseline: label = one layer." in text
 
 
 def test_report_bad_field_is_one_line(confirmed):

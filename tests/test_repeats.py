@@ -87,3 +87,4 @@ def test_repeats_must_be_a_positive_integer():
 
     with pytest.raises(SpecError, match=r"tiny.yaml: study.repeats: must be an integer >= 1, got 0"):
         spec_with(repeats=0)
+

@@ -115,3 +115,13 @@ def test_canonical_hash_ignores_unused_degrees_of_freedom():
     assert arch_hash(c) != arch_hash(d)
     assert arch_hash(c) == arch_hash(MixerArch(**base, sharing={"token.fc1": (0, 0)}))
     assert arch_hash(a) != arch_hash(MixerArch(**{**base, "channels": 16}))
+
+
+def test_mobilenet_widths_give_each_block_its_width():
+    from mixsearch.enqueue import _AnsweringTrial
+    from mixsearch.spec import load_spec
+
+    spec = load_spec("spaces/fusion.yaml")
+    entry = spec.enqueue[0]
+    arch = spec.space.sample(_AnsweringTrial(entry, spec.source, check=False), (1, 28, 28), 10)
+    assert [block.out_channels for block in arch.blocks] == [32, 64, 64, 128]
