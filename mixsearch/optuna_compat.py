@@ -22,6 +22,16 @@ def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
     return study._storage
 
 
+def unwrap_storage(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
+    """The storage itself, without the cache Optuna puts around an ``RDBStorage``.
+
+    A study opened on an ``RDBStorage`` holds it inside the private ``_CachedStorage``, which
+    has no public way back to the database engine that the trial-slot lock takes its lock on.
+    """
+    backend = getattr(storage, "_backend", None)
+    return backend if type(storage).__name__ == "_CachedStorage" and backend is not None else storage
+
+
 def fail_running_trial(study: optuna.Study, trial: FrozenTrial | optuna.Trial, reason: str) -> bool:
     """Mark a RUNNING trial FAIL with user attribute ``reason``; False when it is no longer running.
 

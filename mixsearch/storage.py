@@ -205,7 +205,10 @@ class TrialSlotLock:
     """
 
     def __init__(self, storage: optuna.storages.BaseStorage, url: str, study_name: str):
-        self.storage = storage
+        from .optuna_compat import unwrap_storage
+
+        # A study's own storage is Optuna's cache around the RDB storage: the lock needs the latter.
+        self.storage = unwrap_storage(storage)
         self.url = url
         self.key = study_name
         self._release = None

@@ -90,3 +90,23 @@ def test_a_wrong_password_is_one_masked_line(tmp_path, write_spec, postgres_url)
     assert "wrong-pw-123" not in result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: storage postgresql://mix:***@"), result.stderr
+
+
+def test_the_trial_slot_lock_of_a_study_holds_a_postgresql_lock(postgres_url):
+    """A study's storage is Optuna's cache around the RDB storage; the lock must reach the database."""
+    from sqlalchemy import text
+
+    from mixsearch.optuna_compat import storage_of
+    from mixsearch.storage import TrialSlotLock, open_storage
+
+    study = optuna.create_study(study_name="slots", storage=open_storage(postgres_url))
+    lock = TrialSlotLock(storage_of(study), postgres_url, "slots")
+    probe = text("SELECT pg_try_advisory_lock(hashtext('mixsearch:slots'))")
+    with open_storage(postgres_url, create=False).engine.connect() as other:
+        lock.acquire()
+        try:
+            assert other.execute(probe).scalar() is False  # held by the lock
+        finally:
+            lock.release()
+        assert other.execute(probe).scalar() is True  # free again
+        other.execute(text("SELECT pg_advisory_unlock(hashtext('mixsearch:slots'))"))
