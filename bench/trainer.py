@@ -311,8 +311,8 @@ def main() -> None:
             flops = training_flops_per_image(build_model(mixer_arch(dilation)))
             rows.append((dilation, build_model(mixer_arch(dilation)).arch.num_tokens, params, speed, accuracy,
                          speed["mixsearch"] * flops / 1e9 / peak))
-    print(f"\n| dilation | reference img/s | mixsearch img/s | ratio | reference test acc | mixsearch test acc "
-          f"| trainer share of matmul peak |")
+    print("\n| dilation | reference img/s | mixsearch img/s | ratio | reference test acc | mixsearch test acc "
+          "| trainer share of matmul peak |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for dilation, tokens, params, speed, accuracy, share in rows:
         print(f"| {dilation} ({tokens} tokens, {params:,} params) | {speed['reference']:,.0f} | "

@@ -8,7 +8,7 @@ so the dashboard's parameter table reads like the YAML.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .arch import (BLOCK_MODES, BIAS_MODES, TOKEN_MIXING, Arch, BlockArch, MixerArch,

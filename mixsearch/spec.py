@@ -8,7 +8,7 @@ fixed value, a list of options, or a range ``{low, high, step?, log?}``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 

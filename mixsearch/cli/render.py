@@ -163,7 +163,7 @@ def print_confirmed(study, done) -> None:
                       format_spread(record["test_accuracy"], record.get("test_accuracy_std")), arch_summary(item.trial))
     console.print(table)
     console.print("mean ± sample std over all the trial's seeds (its own and confirm's); "
-                  f"stored as study user attrs confirm:<trial>; see mixsearch show / report", highlight=False)
+                  "stored as study user attrs confirm:<trial>; see mixsearch show / report", highlight=False)
 
 
 def print_report(study, markdown: str, output: str | None) -> None:
