@@ -3,16 +3,18 @@
     .venv/bin/python bench/latency.py [--mixer 20] [--mobilenet 10] [--careful-factor 10] [--seed 0]
 
 Archs are drawn with Optuna's RandomSampler from the spaces of spaces/mnist.yaml and
-spaces/mnist-mobilenet.yaml (distinct archs only). For each runtime (onnxruntime, torch) every
-arch is measured as the search measures it (a fresh model, export and session, ``latency_min_time``
-of the spec) twice, independently, and then carefully: ``--careful-factor`` times the time, in
-interleaved rounds (every arch once per round) so that a burst of load from other processes hits
-all archs alike. It prints per runtime:
+spaces/mnist-mobilenet.yaml (distinct archs only). For each runtime (onnxruntime, torch) the
+reference network is timed as a study does when it is created, then every arch is measured as the
+search measures it (a fresh model, export and session, ``latency_min_time`` of the spec, against
+that reference figure) twice, independently, and then carefully: ``--careful-factor`` times the
+time, in interleaved rounds (every arch once per round) so that a slow spell of the machine hits
+all archs alike. The careful measurement is taken twice: the same way (against the reference),
+and as plain time on the thread's clock, with no reference. It prints per runtime:
 
 - Kendall τ between the two search-time measurements (goal ≥ 0.95);
-- Kendall τ between the first search-time measurement and the careful one (goal ≥ 0.95);
+- Kendall τ between the first search-time measurement and each careful one (goal ≥ 0.95);
 - the median relative spread of the two search-time measurements of one arch, |a - b| / mean(a, b)
-  (goal ≤ 2%);
+  (goal ≤ 2%), and the spread of two timings of the reference network itself (two studies' figures);
 - the measurement cost per arch (export, session, timing; or timing alone for torch) against the
   median training time of a default-study trial (goal ≤ 5%). That training time is one epoch of the
   default recipe on the default data, timed for three of the drawn Mixer archs, times the recipe's
@@ -38,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 from mixsearch.arch import arch_hash  # noqa: E402
 from mixsearch.data import dataset_info, load_splits  # noqa: E402
 from mixsearch.errors import ArchError  # noqa: E402
-from mixsearch.measure.latency import measure_latency  # noqa: E402
+from mixsearch.measure.latency import (measure_latency, reference_latency, runtime_call,  # noqa: E402
+                                       time_calls)
 from mixsearch.models import build_model, inference_model  # noqa: E402
 from mixsearch.spec import load_spec  # noqa: E402
 from mixsearch.train import train  # noqa: E402
@@ -85,13 +88,30 @@ def draw_archs(spec_path: Path, count: int, seed: int):
     return spec, input_shape, archs
 
 
-def search_time(arch, input_shape, runtime: str, min_time: float) -> tuple[float, float]:
+def search_time(arch, input_shape, runtime: str, min_time: float, reference_ms: float) -> tuple[float, float]:
     """(median ms, seconds spent) of one measurement as a trial makes it: fresh model, export, session."""
     torch.manual_seed(0)
     model = inference_model(build_model(arch))
     started = time.perf_counter()
-    latency = measure_latency(model, input_shape, runtime, 1, 1, min_time)
+    latency = measure_latency(model, input_shape, runtime, 1, 1, min_time, reference_ms)
     return latency.median_ms, time.perf_counter() - started
+
+
+def careful_times(archs, input_shape, runtime: str, seconds: float, rounds: int, reference_ms: float):
+    """Per arch: the median over interleaved rounds, against the reference and as plain thread time."""
+    relative: list[list[float]] = [[] for _ in archs]
+    plain: list[list[float]] = [[] for _ in archs]
+    models = []
+    for arch in archs:
+        torch.manual_seed(0)
+        models.append(inference_model(build_model(arch)))
+    example = torch.randn((1, *input_shape), generator=torch.Generator().manual_seed(0))
+    calls = [runtime_call(model, example, runtime, 1) for model in models]
+    for _ in range(rounds):
+        for i, model in enumerate(models):
+            relative[i].append(measure_latency(model, input_shape, runtime, 1, 1, seconds / rounds, reference_ms).median_ms)
+            plain[i].append(time_calls(calls[i], seconds / rounds).median_ms)
+    return [statistics.median(r) for r in relative], [statistics.median(p) for p in plain]
 
 
 def trial_train_seconds(spec_path: Path, archs) -> float:
@@ -130,29 +150,25 @@ def main() -> None:
           f"{train_seconds:.1f} s")
     rows = []
     for runtime in RUNTIMES:
-        first, costs = zip(*(search_time(a, input_shape, runtime, min_time) for a in archs))
-        second = [search_time(a, input_shape, runtime, min_time)[0] for a in archs]
-        rounds: list[list[float]] = [[] for _ in archs]
-        models = []
-        for arch in archs:
-            torch.manual_seed(0)
-            models.append(inference_model(build_model(arch)))
-        per_round = min_time * args.careful_factor / args.rounds
-        for _ in range(args.rounds):
-            for i, model in enumerate(models):
-                rounds[i].append(measure_latency(model, input_shape, runtime, 1, 1, per_round).median_ms)
-        careful = [statistics.median(r) for r in rounds]
+        reference_ms = reference_latency(input_shape, runtime, 1, 1, min_time)  # as a study does when created
+        reference_again = reference_latency(input_shape, runtime, 1, 1, min_time)
+        first, costs = zip(*(search_time(a, input_shape, runtime, min_time, reference_ms) for a in archs))
+        second = [search_time(a, input_shape, runtime, min_time, reference_ms)[0] for a in archs]
+        careful, plain = careful_times(archs, input_shape, runtime, min_time * args.careful_factor, args.rounds,
+                                       reference_ms)
         spread = statistics.median(abs(a - b) / ((a + b) / 2) for a, b in zip(first, second))
+        reference_spread = abs(reference_ms - reference_again) / ((reference_ms + reference_again) / 2)
         cost = statistics.median(costs)
-        rows.append((runtime, kendall_tau(first, second), kendall_tau(first, careful), spread, cost,
-                     cost / train_seconds, min(careful), max(careful)))
+        rows.append((runtime, kendall_tau(first, second), kendall_tau(first, careful), kendall_tau(first, plain),
+                     spread, reference_spread, cost, cost / train_seconds, min(careful), max(careful)))
 
     print()
-    print("| runtime | τ search vs search | τ search vs careful | median spread | cost per arch | cost / trial training | latency range |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for runtime, tau_repeat, tau_careful, spread, cost, share, low, high in rows:
-        print(f"| {runtime} | {tau_repeat:.3f} | {tau_careful:.3f} | {spread:.1%} | {cost * 1e3:.0f} ms | "
-              f"{share:.1%} | {low:.3f}–{high:.3f} ms |")
+    print("| runtime | τ search vs search | τ search vs careful | τ search vs careful plain time | median spread "
+          "| reference spread | cost per arch | cost / trial training | latency range |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for runtime, tau_repeat, tau_careful, tau_plain, spread, reference_spread, cost, share, low, high in rows:
+        print(f"| {runtime} | {tau_repeat:.3f} | {tau_careful:.3f} | {tau_plain:.3f} | {spread:.1%} | "
+              f"{reference_spread:.1%} | {cost * 1e3:.0f} ms | {share:.1%} | {low:.3f}–{high:.3f} ms |")
     print("goals: τ ≥ 0.95, spread ≤ 2%, cost ≤ 5% of a trial's training")
 
 

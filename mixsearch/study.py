@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from .artifacts import refresh_plots, should_refresh, study_artifact_store
 from .data import dataset_info, load_splits
 from .errors import ArchError, MixsearchError, UsageError
-from .measure import runtime_description
+from .measure import reference_latency, runtime_description
 from .optuna_compat import enqueued_params, fail_running_trial, storage_of
 from .pruning import make_pruner
 from .space import count_space
@@ -112,6 +112,10 @@ def open_study(spec: Spec, storage_url: str, seed: int, create: bool = True) -> 
         study.set_user_attr("spec_file", spec.source)
         study.set_user_attr("spec", json.loads(json.dumps(spec.raw, default=str)))
         study.set_user_attr("latency_runtime", runtime_description(spec.measure.runtime))
+        # every worker's latencies are ratios to the reference network times this one figure
+        study.set_user_attr("latency_reference_ms", reference_latency(
+            dataset_info(spec.data)[0], spec.measure.runtime, spec.measure.latency_batch_size,
+            spec.measure.latency_threads, spec.measure.latency_min_time))
         with quiet_experimental():
             study.set_metric_names(list(spec.objectives))
     elif list(study.metric_names) != list(spec.objectives):

@@ -16,7 +16,8 @@ from conftest import TINY_SPEC, merge, run_cli
 from mixsearch.arch import BlockArch, MixerArch, MobileNetArch
 from mixsearch.errors import ArchError
 from mixsearch.measure import MeasureConfig, measure_static, static_sizes
-from mixsearch.measure.latency import export_onnx_bytes, measure_latency, onnx_call
+from mixsearch.measure.latency import (Reference, ReferenceNetwork, export_onnx_bytes, measure_latency, onnx_call,
+                                       reference_call, time_relative)
 from mixsearch.measure.memory import peak_memory
 from mixsearch.models import build_model, inference_model
 from mixsearch.spec import parse_spec
@@ -153,6 +154,31 @@ def test_a_large_arch_is_much_slower_than_a_small_one(runtime):
     assert min(times["large"]) > 5 * max(times["small"]), times
 
 
+def test_latency_is_a_ratio_to_the_reference_in_its_ms():
+    call = reference_call((1, 28, 28), "onnxruntime", 1, 1)
+    reference = Reference(call, median_ms=2.0)  # any figure: the result is in its units
+
+    def twice():
+        call()
+        call()
+    same = time_relative(call, reference, 0.05)
+    double = time_relative(twice, reference, 0.05)
+    # the reference against itself is 1× its figure; twice its work, 2× (within a slow spell's noise)
+    assert 1.8 < same.median_ms < 2.2 and same.iqr_ms < 0.5, same
+    assert 3.4 < double.median_ms < 4.6, double
+    assert 1.7 < double.median_ms / same.median_ms < 2.3
+
+
+def test_the_reference_network_runs_on_any_input_shape_and_keeps_the_random_stream():
+    for shape in ((1, 28, 28), (3, 32, 32), (2, 3, 1)):
+        assert ReferenceNetwork(shape)(torch.zeros(1, *shape)).shape == (1, 10)
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    ReferenceNetwork((1, 28, 28))
+    assert torch.equal(torch.rand(3), expected)  # building it did not draw from the caller's stream
+
+
 def test_in_memory_export_matches_torch_and_leaves_no_file(tmp_path, monkeypatch):
     # Once per process, torch's first meta-tensor shape functions make its (empty) compile-cache
     # folder in the temp dir, and onnxruntime's first session writes its 51-byte telemetry
@@ -209,6 +235,7 @@ def test_a_repeated_arch_reuses_its_latency_and_memory_is_an_objective(tmp_path,
     assert first.values[1] == second.values[1] == first.user_attrs["memory_bytes"] == expected
     import onnxruntime
     assert summary.study.user_attrs["latency_runtime"] == f"onnxruntime {onnxruntime.__version__}"
+    assert 0 < summary.study.user_attrs["latency_reference_ms"] < 10  # the figure every ratio is converted with
 
 
 def test_a_memory_constraint_marks_the_trial_infeasible(tmp_path, monkeypatch):

@@ -19,12 +19,12 @@ from torch import nn
 
 from ..arch import Arch
 from ..choices import Rule
-from .latency import RUNTIMES, Latency, measure_latency, runtime_description
+from .latency import RUNTIMES, Latency, measure_latency, reference_latency, runtime_description
 from .sizes import StaticSizes, count_flops, count_params, static_sizes
 
 __all__ = ["MEASURE_RULES", "MeasureConfig", "RUNTIMES", "STATIC_ATTRS", "StaticMetrics", "StaticSizes",
-           "count_flops", "count_params", "measure_static", "runtime_description", "static_sizes",
-           "stored_latency"]
+           "count_flops", "count_params", "measure_static", "reference_latency", "runtime_description",
+           "static_sizes", "stored_latency"]
 
 
 @dataclass(frozen=True)
@@ -75,11 +75,12 @@ class StaticMetrics(StaticSizes):
 
 def measure_static(arch: Arch, model: nn.Module, input_shape: tuple[int, int, int], config: MeasureConfig,
                    with_latency: bool = True, sizes: StaticSizes | None = None,
-                   stored: tuple[Latency, int] | None = None) -> StaticMetrics:
+                   stored: tuple[Latency, int] | None = None, reference_ms: float | None = None) -> StaticMetrics:
     """Every static figure of ``arch``; ``model`` (built from it) is only needed to time it.
 
     ``sizes`` saves counting again what ``static_sizes`` already counted; ``stored`` is the
-    latency of an earlier trial of the same arch (see ``stored_latency``), used instead of timing.
+    latency of an earlier trial of the same arch (see ``stored_latency``), used instead of timing;
+    ``reference_ms`` is the study's latency of the reference network (see ``measure.latency``).
     """
     from ..models import inference_model
 
@@ -89,7 +90,7 @@ def measure_static(arch: Arch, model: nn.Module, input_shape: tuple[int, int, in
         latency, source = stored
     elif with_latency:
         latency = measure_latency(inference_model(model), input_shape, config.runtime, config.latency_batch_size,
-                                  config.latency_threads, config.latency_min_time)
+                                  config.latency_threads, config.latency_min_time, reference_ms)
     return StaticMetrics(
         **{f.name: getattr(sizes, f.name) for f in fields(StaticSizes)},
         latency_ms=latency.median_ms if latency else None, latency_iqr_ms=latency.iqr_ms if latency else None,

@@ -1,8 +1,18 @@
 """Latency of the inference form in the runtime it is deployed with.
 
-Two runtimes share one timing rule (``time_calls``): warm-up, then blocks of calls until
-``latency_min_time`` seconds are spent, the median and interquartile range of the per-call time
-over the blocks. With one thread the clock is the thread's CPU time (see ``time_calls``).
+Two runtimes share one timing rule (``time_calls``): warm-up, then short blocks of calls of the
+arch, each followed by a block of a fixed reference network, until ``latency_min_time`` seconds of
+the arch are spent. Each block's time is divided by the mean of the reference blocks on either
+side of it, and the median and interquartile range of these ratios, times the reference's latency
+(measured once per study, ``reference_latency``), are stored. Of two reference networks, the one
+nearest to the arch in latency is used. With one thread the clock is the
+thread's CPU time.
+
+Why a reference: on a virtual machine the same core runs 1.2-1.5× slower for tenths of a second
+at a time (another tenant on the host's sibling thread, shared caches). The thread's CPU clock does
+not see that, and a measurement of 0.2 s lands in one speed or the other: two measurements of one
+arch differed by a fifth. The reference runs at the same speed as the blocks next to it, so the
+ratio cancels the machine's speed and keeps the arch's (see docs/performance.md).
 
 - ``onnxruntime`` (the default): the inference form is exported to ONNX in memory (nothing is
   written to disk) and run by an ``InferenceSession`` with ``latency_threads`` intra-op threads,
@@ -19,6 +29,7 @@ import io
 import statistics
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -30,8 +41,13 @@ from ..errors import ArchError
 
 RUNTIMES = ("onnxruntime", "torch")
 WARMUP_SECONDS = 0.02   # first calls allocate, pick kernels, fill caches: never timed
-BLOCK_SECONDS = 0.002   # calls are timed in blocks this long, so the clock's cost is negligible
+# Calls are timed in blocks this long: long enough that the clock's cost is negligible, short
+# enough that the machine's speed rarely changes between a block and the reference blocks around it.
+BLOCK_SECONDS = 0.0005
 MIN_BLOCKS = 7
+# The reference's own latency is timed once per study, this many times ``latency_min_time``: its
+# one figure converts every arch's ratio to ms, so it gets more time than any one arch.
+REFERENCE_TIME_FACTOR = 5
 
 
 @dataclass(frozen=True)
@@ -48,32 +64,159 @@ def runtime_description(runtime: str) -> str:
     return f"torch {torch.__version__}"
 
 
-def time_calls(call: Callable[[], object], min_time: float, threads: int = 1) -> Latency:
-    """Median and IQR of one call's time in ms, over blocks of calls filling ``min_time`` seconds.
+def _clock(threads: int) -> Callable[[], float]:
+    """With one thread both runtimes compute on the calling thread, so its CPU time is the clock:
+    time the OS gives to other processes is not counted. With more threads the work is spread over
+    a pool: wall-clock time."""
+    return time.thread_time if threads == 1 else time.perf_counter
 
-    With one thread both runtimes compute on the calling thread, so its CPU time is the clock:
-    time the OS gives to other processes is not counted, and a shared machine ranks archs as an
-    idle one would. With more threads the work is spread over a pool: wall-clock time.
-    """
-    clock = time.thread_time if threads == 1 else time.perf_counter
+
+def _calls_per_block(call: Callable[[], object], clock: Callable[[], float]) -> int:
+    """Warm ``call`` up and return how many calls fill one block."""
     started = clock()
     calls = 0
     while calls < 3 or clock() - started < WARMUP_SECONDS:
         call()
         calls += 1
     per_call = (clock() - started) / calls
-    number = max(1, int(BLOCK_SECONDS / max(per_call, 1e-9)))
+    return max(1, int(BLOCK_SECONDS / max(per_call, 1e-9)))
+
+
+def _block(call: Callable[[], object], number: int, clock: Callable[[], float]) -> float:
+    """Seconds per call over ``number`` calls."""
+    begin = clock()
+    for _ in range(number):
+        call()
+    return (clock() - begin) / number
+
+
+def _summary(values: list[float]) -> Latency:
+    quartiles = statistics.quantiles(values, n=4, method="inclusive")
+    return Latency(statistics.median(values) * 1e3, (quartiles[2] - quartiles[0]) * 1e3)
+
+
+def time_calls(call: Callable[[], object], min_time: float, threads: int = 1) -> Latency:
+    """Median and IQR of one call's time in ms, over blocks of calls filling ``min_time`` seconds."""
+    clock = _clock(threads)
+    number = _calls_per_block(call, clock)
     blocks: list[float] = []
+    while sum(blocks) * number < min_time or len(blocks) < MIN_BLOCKS:
+        blocks.append(_block(call, number, clock))
+    return _summary(blocks)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The reference network ready to run, and its latency in ms on this machine for the study."""
+
+    call: Callable[[], object]
+    median_ms: float
+
+
+def time_relative(call: Callable[[], object], reference: Reference, min_time: float, threads: int = 1) -> Latency:
+    """Median and IQR of one call's time, measured against the reference, in the reference's ms.
+
+    Blocks alternate: reference, arch, reference, arch, ... Each arch block is divided by the mean
+    of the two reference blocks around it, so a change of the machine's speed that lasts longer
+    than a few blocks cancels out.
+    """
+    clock = _clock(threads)
+    number = _calls_per_block(call, clock)
+    reference_number = _calls_per_block(reference.call, clock)
+    before = _block(reference.call, reference_number, clock)
+    ratios: list[float] = []
     spent = 0.0
-    while spent < min_time or len(blocks) < MIN_BLOCKS:
-        begin = clock()
-        for _ in range(number):
-            call()
-        elapsed = clock() - begin
-        blocks.append(elapsed / number)
-        spent += elapsed
-    quartiles = statistics.quantiles(blocks, n=4, method="inclusive")
-    return Latency(statistics.median(blocks) * 1e3, (quartiles[2] - quartiles[0]) * 1e3)
+    while spent < min_time or len(ratios) < MIN_BLOCKS:
+        block = _block(call, number, clock)
+        after = _block(reference.call, reference_number, clock)
+        ratios.append(block / ((before + after) / 2))
+        spent += block * number
+        before = after
+    return _summary([ratio * reference.median_ms / 1e3 for ratio in ratios])
+
+
+# The reference network's two branches, (channels, token hidden) each: alone, ~0.04 and ~0.12 ms at
+# batch 1 on one core in onnxruntime for MNIST. A slow spell of the machine slows a small,
+# overhead-bound network and a larger, compute-bound one by different factors; against one branch
+# alone, two timings of an arch of the other kind differed by 4-7% (CV), against both about 2%.
+REFERENCE_BRANCHES = ((16, 32), (64, 256))
+
+
+class ReferenceNetwork(nn.Module):
+    """A fixed network of the operators the searched archs are made of, in a narrow and a wide branch.
+
+    Each branch: a strided convolution into tokens, layer norm, two linear maps with GELU across
+    the tokens and a classifier; the logits are the sum of both. Weights from a fixed seed.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int = 10):
+        super().__init__()
+        channels, height, width = input_shape
+        kernel = max(1, min(4, height, width))
+        tokens = (height // kernel) * (width // kernel)
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(0)
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(channels, out, kernel, stride=kernel), nn.Flatten(2), nn.LayerNorm(tokens),
+                          nn.Linear(tokens, hidden), nn.GELU(), nn.Linear(hidden, tokens), nn.Flatten(),
+                          nn.Linear(out * tokens, num_classes))
+            for out, hidden in REFERENCE_BRANCHES)
+        torch.random.set_rng_state(generator_state)  # building it leaves the caller's random stream alone
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sum(branch(x) for branch in self.branches)
+
+
+def runtime_call(model: nn.Module, example: torch.Tensor, runtime: str, threads: int) -> Callable[[], object]:
+    """One forward pass of ``model`` on ``example`` in ``runtime``, as a function of no arguments."""
+    if runtime == "onnxruntime":
+        return onnx_call(model, example, threads)
+
+    def call():
+        with torch.inference_mode():
+            return model(example)
+    return call
+
+
+def _example(input_shape: tuple[int, ...], batch_size: int) -> torch.Tensor:
+    return torch.randn((batch_size, *input_shape), generator=torch.Generator().manual_seed(0))
+
+
+_references: dict[tuple, Callable[[], object]] = {}
+
+
+def reference_call(input_shape: tuple[int, ...], runtime: str, batch_size: int, threads: int) -> Callable[[], object]:
+    """The reference network in ``runtime``, made once per process and setting."""
+    key = (tuple(input_shape), runtime, batch_size, threads)
+    if key not in _references:
+        _references[key] = runtime_call(ReferenceNetwork(input_shape), _example(input_shape, batch_size),
+                                        runtime, threads)
+    return _references[key]
+
+
+def reference_latency(input_shape: tuple[int, ...], runtime: str, batch_size: int, threads: int,
+                      min_time: float) -> float:
+    """The reference network's median latency in ms, timed for ``REFERENCE_TIME_FACTOR × min_time``.
+
+    A study stores it when it is created (``latency_reference_ms``) and every worker converts its
+    ratios with that one figure, so latencies of one study compare across workers and restarts.
+    """
+    with _threads(runtime, threads):
+        call = reference_call(input_shape, runtime, batch_size, threads)
+        return time_calls(call, REFERENCE_TIME_FACTOR * min_time, threads).median_ms
+
+
+@contextmanager
+def _threads(runtime: str, threads: int):
+    """Eager torch runs with ``threads`` threads inside the block, as the deployed model would."""
+    previous = torch.get_num_threads()
+    if runtime == "torch":
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def export_onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
@@ -118,17 +261,21 @@ def onnx_call(model: nn.Module, example: torch.Tensor, threads: int) -> Callable
 
 
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], runtime: str, batch_size: int,
-                    threads: int, min_time: float) -> Latency:
-    """Latency of one forward pass of the inference form ``model`` in ``runtime``."""
-    example = torch.randn((batch_size, *input_shape), generator=torch.Generator().manual_seed(0))
-    if runtime == "onnxruntime":
-        return time_calls(onnx_call(model, example, threads), min_time, threads)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        def call():
-            with torch.inference_mode():
-                return model(example)
-        return time_calls(call, min_time, threads)
-    finally:
-        torch.set_num_threads(previous)
+                    threads: int, min_time: float, reference_ms: float | None = None) -> Latency:
+    """Latency of one forward pass of the inference form ``model`` in ``runtime``.
+
+    ``reference_ms`` is the study's figure for the reference network (``reference_latency``); without
+    it the reference is timed here, once per process and setting.
+    """
+    if reference_ms is None:
+        key = (tuple(input_shape), runtime, batch_size, threads, min_time)
+        if key not in _reference_ms:
+            _reference_ms[key] = reference_latency(input_shape, runtime, batch_size, threads, min_time)
+        reference_ms = _reference_ms[key]
+    reference = Reference(reference_call(input_shape, runtime, batch_size, threads), reference_ms)
+    with _threads(runtime, threads):
+        call = runtime_call(model, _example(input_shape, batch_size), runtime, threads)
+        return time_relative(call, reference, min_time, threads)
+
+
+_reference_ms: dict[tuple, float] = {}
