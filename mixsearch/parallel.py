@@ -82,18 +82,19 @@ def run_parallel(spec: Spec, jobs: int, storage_url: str | None = None, trials: 
         on_start(plan)
     started = time.perf_counter()
     name = spec.study.name
-    storage = open_storage(plan.storage_url)
+    storage = open_storage(plan.storage_url)  # the schema exists before any worker opens it
     # Own process groups: a terminal's Ctrl-C reaches only this process, which passes on exactly
-    # one SIGINT (a second one would make a worker quit without failing its trial).
-    workers = [subprocess.Popen(command + ["--index", "0"], process_group=0)]
+    # one SIGINT (a second one would make a worker quit without failing its trial). All workers
+    # start at once, so their imports overlap: the first creates the study (and queues its
+    # enqueued entries), the others (--join) wait in their own process until it is set up.
+    workers = [subprocess.Popen(command + ["--index", str(i)] + (["--join"] if i else []), process_group=0)
+               for i in range(jobs)]
     interrupted = False
     try:
-        # The first worker creates the study (and queues its enqueued entries); the others join it
-        # once it is set up, which its metric names, set last, say.
         while workers[0].poll() is None and not _study_ready(storage, name):
             time.sleep(STARTUP_POLL_SECONDS)
-        if workers[0].poll() is None or _study_ready(storage, name):
-            workers += [subprocess.Popen(command + ["--index", str(i)], process_group=0) for i in range(1, jobs)]
+        if not _study_ready(storage, name):  # the first worker failed before creating it
+            _interrupt(workers[1:])
     except KeyboardInterrupt:
         interrupted = True
         _interrupt(workers)
@@ -111,6 +112,13 @@ def run_parallel(spec: Spec, jobs: int, storage_url: str | None = None, trials: 
     study = load_study(storage, name, mask_password(plan.storage_url)) if name in study_names(storage) else None
     return ParallelSummary(study, plan.storage_url, codes, interrupted or 130 in codes,
                            time.perf_counter() - started)
+
+
+def wait_for_study(storage_url: str, name: str) -> None:
+    """Block until another worker has created the study ``name`` and set it up (``worker --join``)."""
+    storage = open_storage(storage_url)
+    while not _study_ready(storage, name):
+        time.sleep(STARTUP_POLL_SECONDS)
 
 
 def _study_ready(storage: optuna.storages.BaseStorage, name: str) -> bool:

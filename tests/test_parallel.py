@@ -104,3 +104,24 @@ def test_workers_queue_the_enqueued_entries_once_and_pass_repeats_on(tmp_path, w
     assert len(study.trials) == 2  # no second, WAITING copy of the entries
     assert sorted(t.user_attrs["label"] for t in study.trials) == ["L1", "L2"]
     assert all(len(t.user_attrs["test_accuracy_seeds"]) == 2 for t in study.trials)
+
+
+def test_a_joining_worker_waits_for_the_study_and_then_works_on_it(tmp_path, write_spec):
+    import time
+
+    from conftest import start_cli
+
+    spec = write_spec(train={"epochs": 2})
+    journal = tmp_path / "tiny.log"
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    joiner = start_cli(["worker", spec, "--storage", f"journal:{journal}", "--index", "1", "--join",
+                        "--trials", "4"], tmp_path)
+    time.sleep(8)  # long past its imports: it must still be waiting, having created nothing
+    assert joiner.poll() is None, joiner.communicate()
+    assert optuna.get_all_study_names(storage) == []
+    first = run_cli(["worker", spec, "--storage", f"journal:{journal}", "--index", "0", "--trials", "4"], tmp_path)
+    out, err = joiner.communicate(timeout=60)
+    assert first.returncode == 0 and joiner.returncode == 0, (first.stderr, err)
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 4
+    assert "worker 1: " in out and "Traceback" not in err

@@ -137,6 +137,12 @@ def cmd_worker(args) -> int:
     sampler_seed = seed + args.index if args.index is not None else secrets.randbelow(2**31)
     name = f"worker {args.index}" if args.index is not None else "worker"
     with FirstInterrupt():
+        if args.join:
+            from ..parallel import wait_for_study
+            try:
+                wait_for_study(url, spec.study.name)
+            except KeyboardInterrupt:
+                return 130
         summary = run_study(spec, storage_url=url, trials=args.trials, timeout=args.timeout, seed=args.seed,
                             reporter=LineReporter(name, list(spec.objectives)), sampler_seed=sampler_seed,
                             artifacts=args.artifacts, repeats=args.repeats)
