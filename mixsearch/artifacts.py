@@ -22,6 +22,7 @@ import csv
 import io
 import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +292,26 @@ def refresh_plots(study: optuna.Study) -> None:
         log.warning("could not refresh the study plots: %s", _first_line(exc))
 
 
-def should_refresh(finished: int) -> bool:
-    """Every trial at first, then every 5th: a plot holds every trial, so a refresh costs more later."""
-    return finished <= 20 or finished % 5 == 0
+# The study plots may take at most this share of a run's time.
+PLOT_TIME_SHARE = 0.02
+
+
+class PlotRefresher:
+    """Refreshes the study plots after a trial when it is worth it.
+
+    The first time, then once the time since the last refresh is at least that refresh's cost
+    divided by ``PLOT_TIME_SHARE``: a plot holds every trial, so a refresh costs more as the study
+    grows, and with short trials a refresh after each one would take a good part of the run.
+    """
+
+    def __init__(self) -> None:
+        self.last_end: float | None = None
+        self.cost = 0.0
+
+    def after_trial(self, study: optuna.Study) -> None:
+        now = time.perf_counter()
+        if self.last_end is not None and now - self.last_end < self.cost / PLOT_TIME_SHARE:
+            return
+        refresh_plots(study)
+        self.last_end = time.perf_counter()
+        self.cost = self.last_end - now

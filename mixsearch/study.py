@@ -18,7 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .artifacts import refresh_plots, should_refresh, study_artifact_store
+from .artifacts import PlotRefresher, refresh_plots, study_artifact_store
 from .data import dataset_info, load_splits
 from .errors import ArchError, MixsearchError, UsageError
 from .measure import reference_latency, runtime_description
@@ -222,10 +222,11 @@ def run_study(spec: Spec, storage_url: str | None = None, trials: int | None = N
                           artifact_store=study_artifact_store(study, storage_url, artifacts, record=True),
                           repeats=repeats or spec.study.repeats)
 
+    plots = PlotRefresher()
+
     def trial_finished(study: optuna.Study, trial: FrozenTrial) -> None:
         reporter.trial_finished(trial)
-        if should_refresh(finished_count(study)):
-            refresh_plots(study)
+        plots.after_trial(study)
     before = finished_count(study)
     reporter.study_opened(before, target)
     started = time.perf_counter()

@@ -23,3 +23,23 @@ def test_hypervolume_curve_lies_in_0_1_and_ends_at_the_final_front(tmp_path):
     assert ys[-1] == 1.0
     assert ys == sorted(ys) and ys[2] == ys[1]  # the dominated trial 2 adds nothing
     assert figure.layout.yaxis.title.text == "hypervolume / hypervolume of the final front"
+
+
+def test_plots_are_refreshed_at_most_a_fiftieth_of_the_time(monkeypatch):
+    from mixsearch import artifacts
+
+    clock = {"now": 0.0}
+    refreshed = []
+
+    def slow_refresh(study):  # a refresh that takes 0.5 s of the fake clock
+        refreshed.append(clock["now"])
+        clock["now"] += 0.5
+
+    monkeypatch.setattr(artifacts.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(artifacts, "refresh_plots", slow_refresh)
+    plots = artifacts.PlotRefresher()
+    for _ in range(60):  # a trial every second
+        plots.after_trial(study=None)
+        clock["now"] += 1.0
+    # first at once, then each time 25 s (0.5 s / 2%) have passed since the last one ended
+    assert refreshed == [0.0, 25.5, 51.0]
