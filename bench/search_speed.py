@@ -31,6 +31,7 @@ import argparse
 import datetime
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -118,16 +119,23 @@ def part_jobs(workdir: Path, trials: int, epochs: int, seed: int) -> None:
           f"--jobs 2 / --jobs 1 = {rates[2] / rates[1]:.2f}× trials per hour")
 
 
-def part_default(workdir: Path, trials: int) -> None:
+def part_default(workdir: Path, trials: int, keep: Path | None = None) -> None:
     storage = f"sqlite:///{workdir / 'default.db'}"
     seconds, peak = run_measured(mixsearch_command(ROOT / "spaces" / "mnist.yaml", storage, workdir,
                                                    "--trials", str(trials)), {"OMP_NUM_THREADS": "1"})
     trained = [t for t in finished_trials(storage, "mnist-mixer") if t.user_attrs.get("train_seconds")]
+    every = finished_trials(storage, "mnist-mixer")
     wall = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trained)
+    span = (max(t.datetime_complete for t in every) - min(t.datetime_start for t in every)).total_seconds()
     training = sum(t.user_attrs["train_seconds"] for t in trained)
+    every_training = sum(t.user_attrs.get("train_seconds") or 0.0 for t in every)
     print(f"default study (spaces/mnist.yaml, {trials} trials, {seconds:.0f} s): {len(trained)} trained trials, "
-          f"{wall:.1f} s in trials, {training:.1f} s training: outside training {1 - training / wall:.1%} "
-          f"of trial time; peak RSS of the worker {peak / 2**30:.2f} GiB", flush=True)
+          f"{wall:.1f} s in them, {training:.1f} s training: outside training {1 - training / wall:.1%} "
+          f"of trial time; from the first trial's start to the last one's end ({len(every)} trials, "
+          f"{span:.1f} s, so plots and the loop between trials count too) {1 - every_training / span:.1%}; "
+          f"peak RSS of the worker {peak / 2**30:.2f} GiB", flush=True)
+    if keep is not None:  # e.g. for `mixsearch show sqlite:///KEEP`
+        shutil.copyfile(workdir / "default.db", keep)
 
 
 def plain_objective(train_set, val_set, epochs: int):
@@ -193,6 +201,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the small spec")
     parser.add_argument("--default-trials", type=int, default=6, help="trials of spaces/mnist.yaml")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep-default", type=Path, help="copy the default study's SQLite file here")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in this process (e2e)")
     parser.add_argument("--parts", nargs="+", choices=["jobs", "default", "e2e"], default=["jobs", "default", "e2e"])
     args = parser.parse_args()
@@ -201,7 +210,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if "default" in args.parts:
-            part_default(workdir, args.default_trials)
+            part_default(workdir, args.default_trials, args.keep_default)
         if "jobs" in args.parts:
             part_jobs(workdir, args.trials, args.epochs, args.seed)
         if "e2e" in args.parts:
