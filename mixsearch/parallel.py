@@ -58,7 +58,7 @@ def worker_command(spec: Spec, plan: WorkerPlan, trials: int | None = None, time
     if not Path(spec.source).is_file():
         raise UsageError(f"{spec.source}: parallel workers read the spec from its file; load it with load_spec")
     command = [sys.executable, "-m", "mixsearch", "worker", spec.source, "--storage", plan.storage_url,
-               "--threads", str(plan.threads)]
+               "--threads", str(plan.threads), "--spec-checked"]
     for flag, value in (("--trials", trials), ("--timeout", timeout), ("--seed", seed), ("--artifacts", artifacts),
                         ("--repeats", repeats)):
         if value is not None:

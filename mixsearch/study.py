@@ -32,7 +32,7 @@ from .train import resolve_device
 from .trial import FINISHED, Objective, Reporter
 
 MAX_RETRIES = 3  # a trial whose params failed this often is not queued again
-POLL_SECONDS = 2.0  # how often a worker with nothing to start looks at the others' trials
+POLL_SECONDS = 0.5  # how often a worker with nothing to start looks at the others' trials
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Optuna logs every failed trial with its traceback; ours say why in user attrs (an interrupt, a

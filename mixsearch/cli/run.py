@@ -126,10 +126,12 @@ def cmd_worker(args) -> int:
 
     import torch
 
+    from ..spec import load_spec
     from ..storage import mask_password, run_storage
     from ..study import run_study
 
-    spec = _load_checked(args.spec)
+    # Workers that run --jobs started read the file its parent has just checked: loading is enough.
+    spec = load_spec(args.spec) if args.spec_checked else _load_checked(args.spec)
     if args.threads:
         torch.set_num_threads(args.threads)
     url, _ = run_storage(args.storage or spec.study.storage, spec.study.name, 2)
