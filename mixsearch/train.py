@@ -23,7 +23,7 @@ from .errors import MixsearchError
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
-AUGMENTATIONS = ("none", "shift")
+AUGMENTATIONS = ("none", "shift", "shift_each")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -140,6 +140,24 @@ def random_shift(images: torch.Tensor, max_pixels: int, generator: torch.Generat
     return shifted
 
 
+def random_shift_each(images: torch.Tensor, max_pixels: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate every image by its own random offset, filling the uncovered border with zeros.
+
+    The batch is zero-padded by ``max_pixels`` on each side and each image's window is gathered
+    with one indexing op: a batch sees as many different shifts as it has images, where
+    ``random_shift`` gives the whole batch one.
+    """
+    count, channels, height, width = images.shape
+    padded = F.pad(images, (max_pixels,) * 4)
+    device = images.device
+    dy, dx = (torch.randint(0, 2 * max_pixels + 1, (count,), generator=generator).to(device) for _ in range(2))
+    rows = (dy[:, None] + torch.arange(height, device=device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(width, device=device))[:, None, None, :]
+    batch = torch.arange(count, device=device)[:, None, None, None]
+    channel = torch.arange(channels, device=device)[None, :, None, None]
+    return padded[batch, channel, rows, cols]
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
     """Top-1 accuracy of ``model`` in eval mode."""
@@ -186,6 +204,8 @@ def train(
             images = splits.train_x[index]
             if recipe.augmentation == "shift":
                 images = random_shift(images, recipe.shift_pixels, generator)
+            elif recipe.augmentation == "shift_each":
+                images = random_shift_each(images, recipe.shift_pixels, generator)
             loss = F.cross_entropy(model(images), splits.train_y[index], label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

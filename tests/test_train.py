@@ -1,0 +1,46 @@
+"""The trainer's augmentations, on real MNIST images."""
+
+from __future__ import annotations
+
+import torch
+
+from conftest import TINY_SPEC
+from mixsearch.data import load_splits
+from mixsearch.spec import parse_spec
+from mixsearch.train import random_shift, random_shift_each
+
+
+def real_images(count: int) -> torch.Tensor:
+    splits = load_splits(parse_spec(TINY_SPEC, "tiny.yaml").data)
+    return splits.train_x[:count]
+
+
+def offset_of(original: torch.Tensor, shifted: torch.Tensor, max_pixels: int) -> tuple[int, int]:
+    """The (dy, dx) that maps ``original`` onto ``shifted`` (zero fill), found by trying all."""
+    for dy in range(-max_pixels, max_pixels + 1):
+        for dx in range(-max_pixels, max_pixels + 1):
+            expected = torch.zeros_like(original)
+            h, w = original.shape[-2:]
+            expected[..., max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)] = \
+                original[..., max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
+            if torch.equal(expected, shifted):
+                return dy, dx
+    raise AssertionError("not a shift of the original by at most max_pixels")
+
+
+def test_shift_each_moves_every_image_by_its_own_offset():
+    images = real_images(32)
+    shifted = random_shift_each(images, 2, torch.Generator().manual_seed(0))
+    assert shifted.shape == images.shape
+    offsets = [offset_of(images[i], shifted[i], 2) for i in range(len(images))]
+    assert len(set(offsets)) > 5  # 25 possible offsets, 32 images: many different ones
+    # the same seed gives the same shifts
+    assert torch.equal(shifted, random_shift_each(images, 2, torch.Generator().manual_seed(0)))
+
+
+def test_shift_moves_the_whole_batch_by_one_offset():
+    images = real_images(8)
+    generator = torch.Generator().manual_seed(3)
+    shifted = random_shift(images, 2, generator)
+    offsets = {offset_of(images[i], shifted[i], 2) for i in range(len(images))}
+    assert len(offsets) == 1
