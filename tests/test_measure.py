@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
-from pathlib import Path
 
 import numpy as np
-import optuna
 import pytest
 import torch
 from torch import nn

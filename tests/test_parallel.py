@@ -49,8 +49,6 @@ def test_workers_resume_a_study_and_stop_at_the_target(tmp_path, write_spec):
 
 
 def test_ctrl_c_stops_every_worker_cleanly(tmp_path, write_spec):
-    import signal
-
     from conftest import interrupt_when, start_cli
 
     spec = write_spec(train={"epochs": 40})

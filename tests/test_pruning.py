@@ -1,7 +1,6 @@
 """Pruners on synthetic learning curves, and pruning, constraints, duplicates and divergence in real studies."""
 
 import optuna
-import pytest
 from optuna.trial import TrialState
 
 from mixsearch.pruning import (MedianPruner, MOASHAPruner, ParetoPruner, TrialView, dominates,
