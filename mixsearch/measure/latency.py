@@ -4,7 +4,7 @@ Two runtimes share one timing rule (``time_calls``): warm-up, then short blocks 
 arch, each followed by a block of a fixed reference network, until ``latency_min_time`` seconds of
 the arch are spent. Each block's time is divided by the mean of the reference blocks on either
 side of it, and the median and interquartile range of these ratios, times the reference's latency
-(measured once per study, ``reference_latency``), are stored. Of two reference networks, the one
+at the machine's full speed (measured once per study, ``reference_latency``), are stored. Of two reference networks, the one
 nearest to the arch in latency is used. With one thread the clock is the
 thread's CPU time.
 
@@ -47,7 +47,11 @@ BLOCK_SECONDS = 0.0005
 MIN_BLOCKS = 7
 # The reference's own latency is timed once per study, this many times ``latency_min_time``: its
 # one figure converts every arch's ratio to ms, so it gets more time than any one arch.
-REFERENCE_TIME_FACTOR = 5
+REFERENCE_TIME_FACTOR = 10
+# ...and it is the time of its fastest blocks (this quantile), the machine at full speed: over 2 s
+# that figure agreed to 0.2% between timings, on an idle machine and beside two trainings alike,
+# where the median moved by 5-15% with the machine's slow spells (docs/performance.md).
+REFERENCE_QUANTILE = 0.02
 
 
 @dataclass(frozen=True)
@@ -95,14 +99,19 @@ def _summary(values: list[float]) -> Latency:
     return Latency(statistics.median(values) * 1e3, (quartiles[2] - quartiles[0]) * 1e3)
 
 
-def time_calls(call: Callable[[], object], min_time: float, threads: int = 1) -> Latency:
-    """Median and IQR of one call's time in ms, over blocks of calls filling ``min_time`` seconds."""
+def _timed_blocks(call: Callable[[], object], min_time: float, threads: int) -> list[float]:
+    """Seconds per call of each block, over blocks of calls filling ``min_time`` seconds."""
     clock = _clock(threads)
     number = _calls_per_block(call, clock)
     blocks: list[float] = []
     while sum(blocks) * number < min_time or len(blocks) < MIN_BLOCKS:
         blocks.append(_block(call, number, clock))
-    return _summary(blocks)
+    return blocks
+
+
+def time_calls(call: Callable[[], object], min_time: float, threads: int = 1) -> Latency:
+    """Median and IQR of one call's time in ms, over blocks of calls filling ``min_time`` seconds."""
+    return _summary(_timed_blocks(call, min_time, threads))
 
 
 @dataclass(frozen=True)
@@ -197,14 +206,17 @@ def reference_call(input_shape: tuple[int, ...], runtime: str, batch_size: int, 
 
 def reference_latency(input_shape: tuple[int, ...], runtime: str, batch_size: int, threads: int,
                       min_time: float) -> float:
-    """The reference network's median latency in ms, timed for ``REFERENCE_TIME_FACTOR × min_time``.
+    """The reference network's latency in ms at the machine's full speed: the ``REFERENCE_QUANTILE``
+    quantile of its blocks over ``REFERENCE_TIME_FACTOR × min_time`` seconds.
 
     A study stores it when it is created (``latency_reference_ms``) and every worker converts its
-    ratios with that one figure, so latencies of one study compare across workers and restarts.
+    ratios with that one figure, so latencies of one study compare across workers and restarts,
+    and, the fastest spells of a machine being far steadier than its median, across studies.
     """
     with _threads(runtime, threads):
         call = reference_call(input_shape, runtime, batch_size, threads)
-        return time_calls(call, REFERENCE_TIME_FACTOR * min_time, threads).median_ms
+        blocks = sorted(_timed_blocks(call, REFERENCE_TIME_FACTOR * min_time, threads))
+        return blocks[int(REFERENCE_QUANTILE * (len(blocks) - 1))] * 1e3
 
 
 @contextmanager
