@@ -94,7 +94,9 @@ def interrupt_when(process: subprocess.Popen, condition, what: str, signals=(sig
     """
     try:
         value = wait_for(condition, timeout, what)
-        for sig in signals:
+        for number, sig in enumerate(signals):
+            if number:  # two signals sent back to back can reach Python's handler as one
+                time.sleep(0.5)
             process.send_signal(sig)
         stdout, stderr = process.communicate(timeout=timeout)
     finally:
