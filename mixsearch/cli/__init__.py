@@ -8,6 +8,7 @@ line with exit code 2 (bad input) or 1 (runtime problem), never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from ..errors import MixsearchError
@@ -46,6 +47,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print_note("interrupted")
         return 130
+
+
+def entry() -> None:
+    """The ``mixsearch`` command: ``main``, then exit with its code.
+
+    Interrupted (130), it leaves at once, so that a second Ctrl-C cannot land in the interpreter's
+    teardown (torch and onnxruntime take a moment to unload), where the default handler would
+    kill the process with a signal instead of the 130 it has already chosen.
+    """
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

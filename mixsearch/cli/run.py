@@ -64,6 +64,7 @@ class FirstInterrupt:
 
     def __init__(self):
         self.previous = None
+        self.interrupted = False
 
     def __enter__(self):
         import threading
@@ -73,11 +74,14 @@ class FirstInterrupt:
         return self
 
     def _handle(self, signum, frame):
+        self.interrupted = True
         signal.signal(signal.SIGINT, lambda *_: os._exit(130))
         raise KeyboardInterrupt
 
     def __exit__(self, *exc):
-        if self.previous is not None:
+        # After a first Ctrl-C, a second one quits at once for the rest of the process too
+        # (printing the summary, shutting down), never with a traceback.
+        if self.previous is not None and not self.interrupted:
             signal.signal(signal.SIGINT, self.previous)
         return False
 
