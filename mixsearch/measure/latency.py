@@ -25,6 +25,7 @@ ratio cancels the machine's speed and keeps the arch's (see docs/performance.md)
 
 from __future__ import annotations
 
+import functools
 import io
 import statistics
 import time
@@ -104,8 +105,10 @@ def _timed_blocks(call: Callable[[], object], min_time: float, threads: int) -> 
     clock = _clock(threads)
     number = _calls_per_block(call, clock)
     blocks: list[float] = []
-    while sum(blocks) * number < min_time or len(blocks) < MIN_BLOCKS:
+    spent = 0.0
+    while spent < min_time or len(blocks) < MIN_BLOCKS:
         blocks.append(_block(call, number, clock))
+        spent += blocks[-1] * number
     return blocks
 
 
@@ -119,7 +122,7 @@ class Reference:
     """The reference network ready to run, and its latency in ms on this machine for the study."""
 
     call: Callable[[], object]
-    median_ms: float
+    ms: float
 
 
 def time_relative(call: Callable[[], object], reference: Reference, min_time: float, threads: int = 1) -> Latency:
@@ -141,7 +144,7 @@ def time_relative(call: Callable[[], object], reference: Reference, min_time: fl
         ratios.append(block / ((before + after) / 2))
         spent += block * number
         before = after
-    return _summary([ratio * reference.median_ms / 1e3 for ratio in ratios])
+    return _summary([ratio * reference.ms / 1e3 for ratio in ratios])
 
 
 # The reference network's two branches, (channels, token hidden) each: alone, ~0.04 and ~0.12 ms at
@@ -192,16 +195,10 @@ def _example(input_shape: tuple[int, ...], batch_size: int) -> torch.Tensor:
     return torch.randn((batch_size, *input_shape), generator=torch.Generator().manual_seed(0))
 
 
-_references: dict[tuple, Callable[[], object]] = {}
-
-
+@functools.cache
 def reference_call(input_shape: tuple[int, ...], runtime: str, batch_size: int, threads: int) -> Callable[[], object]:
     """The reference network in ``runtime``, made once per process and setting."""
-    key = (tuple(input_shape), runtime, batch_size, threads)
-    if key not in _references:
-        _references[key] = runtime_call(ReferenceNetwork(input_shape), _example(input_shape, batch_size),
-                                        runtime, threads)
-    return _references[key]
+    return runtime_call(ReferenceNetwork(input_shape), _example(input_shape, batch_size), runtime, threads)
 
 
 def reference_latency(input_shape: tuple[int, ...], runtime: str, batch_size: int, threads: int,
@@ -214,7 +211,7 @@ def reference_latency(input_shape: tuple[int, ...], runtime: str, batch_size: in
     and, the fastest spells of a machine being far steadier than its median, across studies.
     """
     with _threads(runtime, threads):
-        call = reference_call(input_shape, runtime, batch_size, threads)
+        call = reference_call(tuple(input_shape), runtime, batch_size, threads)
         blocks = sorted(_timed_blocks(call, REFERENCE_TIME_FACTOR * min_time, threads))
         return blocks[int(REFERENCE_QUANTILE * (len(blocks) - 1))] * 1e3
 
@@ -279,15 +276,14 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], runtime: str
     ``reference_ms`` is the study's figure for the reference network (``reference_latency``); without
     it the reference is timed here, once per process and setting.
     """
+    input_shape = tuple(input_shape)
     if reference_ms is None:
-        key = (tuple(input_shape), runtime, batch_size, threads, min_time)
-        if key not in _reference_ms:
-            _reference_ms[key] = reference_latency(input_shape, runtime, batch_size, threads, min_time)
-        reference_ms = _reference_ms[key]
+        reference_ms = _process_reference_latency(input_shape, runtime, batch_size, threads, min_time)
     reference = Reference(reference_call(input_shape, runtime, batch_size, threads), reference_ms)
     with _threads(runtime, threads):
         call = runtime_call(model, _example(input_shape, batch_size), runtime, threads)
         return time_relative(call, reference, min_time, threads)
 
 
-_reference_ms: dict[tuple, float] = {}
+# Outside a study (retrain, benches) the reference is timed once per process and setting.
+_process_reference_latency = functools.cache(reference_latency)
