@@ -58,7 +58,7 @@ def worker_command(spec: Spec, plan: WorkerPlan, trials: int | None = None, time
     if not Path(spec.source).is_file():
         raise UsageError(f"{spec.source}: parallel workers read the spec from its file; load it with load_spec")
     command = [sys.executable, "-m", "mixsearch", "worker", spec.source, "--storage", plan.storage_url,
-               "--threads", str(plan.threads), "--spec-checked"]
+               "--threads", str(plan.threads), "--spec-checked", "--parent", str(os.getpid())]
     for flag, value in (("--trials", trials), ("--timeout", timeout), ("--seed", seed), ("--artifacts", artifacts),
                         ("--repeats", repeats)):
         if value is not None:
@@ -112,6 +112,23 @@ def run_parallel(spec: Spec, jobs: int, storage_url: str | None = None, trials: 
     study = load_study(storage, name, mask_password(plan.storage_url)) if name in study_names(storage) else None
     return ParallelSummary(study, plan.storage_url, codes, interrupted or 130 in codes,
                            time.perf_counter() - started)
+
+
+def stop_with_parent(parent_pid: int) -> None:
+    """Have the kernel send this worker SIGINT when ``parent_pid``, the ``run --jobs`` process, dies.
+
+    Workers run in their own process groups, so a terminal's Ctrl-C reaches only the parent. Were
+    the parent killed outright (SIGKILL, SIGTERM, a crash), they would run on, orphaned, writing to
+    its output. SIGINT stops each as a Ctrl-C does: its running trial fails as "interrupted".
+    Linux only (prctl); elsewhere a worker outlives its parent and finishes the study alone.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGINT))
+    if os.getppid() != parent_pid:  # it died before the request was made
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def wait_for_study(storage_url: str, name: str) -> None:

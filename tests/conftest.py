@@ -100,7 +100,36 @@ def interrupt_when(process: subprocess.Popen, condition, what: str, signals=(sig
             process.send_signal(sig)
         stdout, stderr = process.communicate(timeout=timeout)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        kill_tree(process)
     return value, stdout, stderr
+
+
+def descendants(pid: int) -> list[int]:
+    """Process ids of every live descendant of ``pid`` (from /proc; workers run in their own groups)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """Kill ``process`` and everything it started, if still running, and close its pipes."""
+    if process.poll() is None:
+        for pid in [*descendants(process.pid), process.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    try:
+        process.communicate(timeout=30)
+    except (subprocess.TimeoutExpired, ValueError):  # ValueError: its pipes were read to the end already
+        pass

@@ -48,14 +48,9 @@ def test_workers_resume_a_study_and_stop_at_the_target(tmp_path, write_spec):
     assert sorted(t.number for t in study.trials) == list(range(5))
 
 
-def test_ctrl_c_stops_every_worker_cleanly(tmp_path, write_spec):
-    from conftest import interrupt_when, start_cli
-
-    spec = write_spec(train={"epochs": 40})
-    journal = tmp_path / "studies" / "tiny.log"
-    process = start_cli(["run", spec, "--jobs", "2", "--trials", "6"], tmp_path)
-
-    def two_trials_training():
+def _two_trials_training(journal: Path):
+    """A condition for ``interrupt_when``: both workers are inside a trial that has an epoch done."""
+    def condition() -> bool:
         if not journal.is_file():
             return False
         try:
@@ -64,14 +59,50 @@ def test_ctrl_c_stops_every_worker_cleanly(tmp_path, write_spec):
             return False
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         return len([t for t in running if t.user_attrs.get("curve")]) == 2
+    return condition
 
-    _, stdout, stderr = interrupt_when(process, two_trials_training, "two RUNNING trials with an epoch")
+
+def test_ctrl_c_stops_every_worker_cleanly(tmp_path, write_spec):
+    from conftest import interrupt_when, start_cli
+
+    spec = write_spec(train={"epochs": 40})
+    journal = tmp_path / "studies" / "tiny.log"
+    process = start_cli(["run", spec, "--jobs", "2", "--trials", "6"], tmp_path)
+    _, stdout, stderr = interrupt_when(process, _two_trials_training(journal), "two RUNNING trials with an epoch")
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "Pareto front of tiny" in stdout
     study = optuna.load_study(study_name="tiny", storage=JournalStorage(JournalFileBackend(str(journal))))
     assert not study.get_trials(states=(TrialState.RUNNING,))
     failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 2 and all(t.user_attrs["reason"] == "interrupted" for t in failed), \
+        [(t.number, t.state.name, t.user_attrs.get("reason")) for t in study.trials]
+
+
+def test_workers_stop_when_their_parent_is_killed(tmp_path, write_spec):
+    # SIGKILL leaves the parent no chance to pass anything on: the kernel tells the workers.
+    from conftest import descendants, kill_tree, start_cli, wait_for
+
+    spec = write_spec(train={"epochs": 40})
+    journal = tmp_path / "studies" / "tiny.log"
+    process = start_cli(["run", spec, "--jobs", "2", "--trials", "6"], tmp_path)
+    try:
+        wait_for(_two_trials_training(journal), 60, "two RUNNING trials with an epoch")
+        workers = descendants(process.pid)
+        assert len(workers) == 2
+        process.kill()
+        process.wait()
+
+        def workers_gone() -> bool:  # exited: no longer listed, or a zombie nobody has reaped yet
+            return not any(Path(f"/proc/{pid}/cmdline").is_file() and Path(f"/proc/{pid}/cmdline").read_bytes()
+                           for pid in workers)
+        wait_for(workers_gone, 60, "the orphaned workers to stop")
+    finally:
+        kill_tree(process)
+    study = optuna.load_study(study_name="tiny", storage=JournalStorage(JournalFileBackend(str(journal))))
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    failed = study.get_trials(states=(TrialState.FAIL,))
     assert len(failed) == 2 and all(t.user_attrs["reason"] == "interrupted" for t in failed)
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) < 6  # they stopped, not finished
 
 
 def test_run_study_with_jobs_runs_workers_from_python(tmp_path, write_spec, monkeypatch):

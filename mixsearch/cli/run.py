@@ -134,6 +134,9 @@ def cmd_worker(args) -> int:
     from ..storage import mask_password, run_storage
     from ..study import run_study
 
+    if args.parent is not None:
+        from ..parallel import stop_with_parent
+        stop_with_parent(args.parent)
     # Workers that run --jobs started read the file its parent has just checked: loading is enough.
     spec = load_spec(args.spec) if args.spec_checked else _load_checked(args.spec)
     if args.threads:
