@@ -7,7 +7,9 @@ Three parts, each printing its inputs and ratios:
 - ``jobs``: the same small spec (below) run by ``mixsearch run --jobs 1`` and ``--jobs 2`` (own
   storages, same seed); finished trials per hour of each and their ratio. ``--jobs 1`` runs with
   one torch thread (``OMP_NUM_THREADS=1``), as each of the two workers does, so the ratio measures
-  the parallelism and not the thread count.
+  the parallelism and not the thread count. Each run's time is split into start-up (to the first
+  trial's start), trials and the time after the last trial. Beside them, the ceiling: a fixed
+  piece of training work run by one process alone, then by two at once.
 - ``default``: ``mixsearch run spaces/mnist.yaml --trials N`` in a subprocess (one torch thread): the peak RSS of
   that one worker, and time outside training as a share of the trials' time (from the stored
   trials: 1 − Σ train_seconds / Σ (datetime_complete − datetime_start) over trained trials; what
@@ -32,6 +34,7 @@ import datetime
 import itertools
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -104,19 +107,73 @@ def optuna_storage(url: str):
 # --------------------------------------------------------------------------- parts
 
 
+# A fixed piece of the trainer's work (a Mixer, 300 training steps on random images, one
+# thread), run by one process alone and then by two at once: how fast two processes can go
+# on this machine's two cores, whatever mixsearch does around them.
+STEADY_WORK = """
+import time, torch
+from mixsearch.arch import MixerArch
+from mixsearch.models import build_model
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = build_model(MixerArch(in_channels=1, image_size=(28, 28), num_classes=10, layers=4, channels=16,
+                              token_hidden=64, channel_hidden=64, patch_size=4, dilation=1))
+optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+images, labels = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+started = time.perf_counter()
+for _ in range(300):
+    optimizer.zero_grad()
+    torch.nn.functional.cross_entropy(model(images), labels).backward()
+    optimizer.step()
+print(time.perf_counter() - started)
+"""
+
+
+def two_at_once_ceiling(rounds: int = 3) -> float:
+    """Work done per second by two concurrent processes, over one process alone (2.0 = perfect).
+
+    Rounds alternate alone and together; the medians of each cancel the machine's speed spells.
+    """
+    def start():
+        return subprocess.Popen([sys.executable, "-c", STEADY_WORK], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    alone, together = [], []
+    for _ in range(rounds):
+        alone.append(float(start().communicate()[0]))
+        pair = [start(), start()]
+        together.append(max(float(p.communicate()[0]) for p in pair))
+    return 2 * statistics.median(alone) / statistics.median(together)
+
+
+def run_phases(storage: str, name: str, started: float, ended: float) -> tuple[float, float, float]:
+    """(start-up, trials, after) in seconds of a run: from the process start to its first trial's
+    start, from there to the last trial's end, and from there to the process end."""
+    study = optuna.load_study(study_name=name, storage=optuna_storage(storage))
+    first = min(t.datetime_start for t in study.trials).timestamp()
+    last = max(t.datetime_complete for t in study.trials if t.datetime_complete).timestamp()
+    return first - started, last - first, ended - last
+
+
 def part_jobs(workdir: Path, trials: int, epochs: int, seed: int) -> None:
     spec_file = workdir / "jobs.yaml"
     spec_file.write_text(yaml.safe_dump(small_spec(trials, epochs, seed)))
-    rates = {}
+    rates, spans = {}, {}
     for jobs in (1, 2):
         storage = f"journal:{workdir / f'jobs{jobs}.log'}"
         env = {"OMP_NUM_THREADS": "1"} if jobs == 1 else None
+        started = time.time()
         seconds, _ = run_measured(mixsearch_command(spec_file, storage, workdir, "--jobs", str(jobs)), env)
+        startup, spans[jobs], after = run_phases(storage, "speed", started, started + seconds)
         done = len(finished_trials(storage, "speed"))
         rates[jobs] = done / seconds * 3600
-        print(f"--jobs {jobs}: {done} finished trials in {seconds:.1f} s = {rates[jobs]:.0f} trials/hour", flush=True)
+        print(f"--jobs {jobs}: {done} finished trials in {seconds:.1f} s = {rates[jobs]:.0f} trials/hour "
+              f"(start-up {startup:.1f} s, trials {spans[jobs]:.1f} s, after the last trial {after:.1f} s)",
+              flush=True)
+    ceiling = two_at_once_ceiling()
     print(f"jobs: {trials} trials of {epochs} epochs on {TRAIN_SIZE:,} images, space {SPACE}, seed {seed}: "
-          f"--jobs 2 / --jobs 1 = {rates[2] / rates[1]:.2f}× trials per hour")
+          f"--jobs 2 / --jobs 1 = {rates[2] / rates[1]:.2f}× trials per hour; "
+          f"{spans[1] / spans[2]:.2f}× from first trial to last; two processes of fixed training work at once "
+          f"do {ceiling:.2f}× the work of one alone on this machine (the most --jobs 2 could give)")
 
 
 def part_default(workdir: Path, trials: int, keep: Path | None = None) -> None:

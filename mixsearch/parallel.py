@@ -6,6 +6,7 @@ crash in one trial takes down one worker, not the run. CPU threads are split bet
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -68,27 +69,41 @@ def worker_command(spec: Spec, plan: WorkerPlan, trials: int | None = None, time
 
 def run_parallel(spec: Spec, jobs: int, storage_url: str | None = None, trials: int | None = None,
                  timeout: float | None = None, seed: int | None = None, artifacts: str | None = None,
-                 on_start: Callable[[WorkerPlan], None] | None = None, repeats: int | None = None) -> ParallelSummary:
+                 on_start: Callable[[WorkerPlan], None] | None = None, repeats: int | None = None,
+                 check: Callable[[], None] | None = None) -> ParallelSummary:
     """Run ``jobs`` worker processes on the study until it has ``trials`` finished trials.
 
     ``spec`` must come from a file (``load_spec``): the workers read it again. Without a storage,
     several workers share the journal file ``studies/<name>.log`` (see ``default_run_storage``).
     A KeyboardInterrupt is passed on to every worker once (each fails its running trial and
     exits); a second one kills them and propagates. Workers print their own trial lines.
+    ``check`` (say, that the space has a buildable arch) runs while the workers start up; if it
+    raises, they leave before touching the storage and its exception propagates.
     """
     plan = plan_workers(spec, jobs, storage_url)
     command = worker_command(spec, plan, trials, timeout, seed, artifacts, repeats)
-    if on_start is not None:
-        on_start(plan)
     started = time.perf_counter()
     name = spec.study.name
-    storage = open_storage(plan.storage_url)  # the schema exists before any worker opens it
     # Own process groups: a terminal's Ctrl-C reaches only this process, which passes on exactly
     # one SIGINT (a second one would make a worker quit without failing its trial). All workers
-    # start at once, so their imports overlap: the first creates the study (and queues its
-    # enqueued entries), the others (--join) wait in their own process until it is set up.
-    workers = [subprocess.Popen(command + ["--index", str(i)] + (["--join"] if i else []), process_group=0)
-               for i in range(jobs)]
+    # start at once, so their imports overlap with each other and with ``check``; they wait for
+    # a "go" on their standard input. Then the first creates the study (and queues its enqueued
+    # entries), the others (--join) wait in their own process until it is set up.
+    workers = [subprocess.Popen(command + ["--index", str(i), "--wait-for-go"] + (["--join"] if i else []),
+                                process_group=0, stdin=subprocess.PIPE) for i in range(jobs)]
+    try:
+        if check is not None:
+            check()
+        if on_start is not None:
+            on_start(plan)
+        open_storage(plan.storage_url)  # the schema exists before any worker opens it
+    except BaseException:
+        _tell(workers, b"")  # no "go": each leaves at once
+        for w in workers:
+            w.wait()
+        raise
+    _tell(workers, b"go\n")
+    storage = open_storage(plan.storage_url)
     interrupted = False
     try:
         while workers[0].poll() is None and not _study_ready(storage, name):
@@ -112,6 +127,11 @@ def run_parallel(spec: Spec, jobs: int, storage_url: str | None = None, trials: 
     study = load_study(storage, name, mask_password(plan.storage_url)) if name in study_names(storage) else None
     return ParallelSummary(study, plan.storage_url, codes, interrupted or 130 in codes,
                            time.perf_counter() - started)
+
+
+def wait_for_go() -> bool:
+    """Whether the ``run --jobs`` process that started this worker says "go" (its spec check passed)."""
+    return sys.stdin.readline().strip() == "go"
 
 
 def stop_with_parent(parent_pid: int) -> None:
@@ -145,6 +165,14 @@ def _study_ready(storage: optuna.storages.BaseStorage, name: str) -> bool:
 
     with quiet_experimental():
         return load_study(storage, name, name).metric_names is not None
+
+
+def _tell(workers: list[subprocess.Popen], message: bytes) -> None:
+    """Write ``message`` to each worker's standard input and close it (a worker that died is skipped)."""
+    for w in workers:
+        with contextlib.suppress(BrokenPipeError):
+            w.stdin.write(message)
+            w.stdin.close()
 
 
 def _interrupt(workers: list[subprocess.Popen]) -> None:

@@ -131,6 +131,9 @@ HAND_WRITTEN = [
     # Impossible archs: no field is wrong alone, but no corner of the space can be built.
     pytest.param(with_value("space.patch_size", 32), ["run", SPEC], 2, [SPEC, "space", "no buildable arch"],
                  id="patch-bigger-than-image"),
+    # With workers: they start while the spec is checked, and leave without touching anything.
+    pytest.param(with_value("space.patch_size", 32), ["run", SPEC, "--jobs", "2"], 2,
+                 [SPEC, "space", "no buildable arch"], id="patch-bigger-than-image-jobs"),
     pytest.param(with_value("space", {**ARCH, "patch_size": 10, "dilation": 4}), ["validate", SPEC], 2,
                  [SPEC, "space", "no buildable arch"], id="no-tokens-dilated"),
     pytest.param(with_value("space", {"family": "mobilenet", "strides": "1,x"}), ["validate", SPEC], 2,

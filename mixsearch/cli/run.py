@@ -99,9 +99,9 @@ def cmd_run(args) -> int:
     from ..storage import mask_password, run_storage
     from ..study import run_study
 
-    spec = _load_checked(args.spec)
     if args.jobs > 1:
-        return _run_jobs(args, spec)
+        return _run_jobs(args)
+    spec = _load_checked(args.spec)
     target = args.trials or spec.study.trials
     columns = [TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}")]
@@ -134,9 +134,12 @@ def cmd_worker(args) -> int:
     from ..storage import mask_password, run_storage
     from ..study import run_study
 
+    from ..parallel import stop_with_parent, wait_for_go
+
     if args.parent is not None:
-        from ..parallel import stop_with_parent
         stop_with_parent(args.parent)
+    if args.wait_for_go and not wait_for_go():
+        return 0  # the run --jobs process found the spec wrong and says why; nothing was touched
     # Workers that run --jobs started read the file its parent has just checked: loading is enough.
     spec = load_spec(args.spec) if args.spec_checked else _load_checked(args.spec)
     if args.threads:
@@ -160,10 +163,14 @@ def cmd_worker(args) -> int:
     return 130 if summary.interrupted else 0
 
 
-def _run_jobs(args, spec) -> int:
+def _run_jobs(args) -> int:
     """``run --jobs N``: N ``mixsearch worker`` processes on one study, CPU threads split between them."""
     from ..parallel import run_parallel
+    from ..spec import load_spec
     from ..storage import mask_password
+    from ..validate import require_buildable
+
+    spec = load_spec(args.spec)
 
     def announce(plan) -> None:
         console.print(f"study {spec.study.name} in {mask_password(plan.storage_url)}; {plan.jobs} workers, "
@@ -171,7 +178,8 @@ def _run_jobs(args, spec) -> int:
                       highlight=False)
 
     summary = run_parallel(spec, args.jobs, storage_url=args.storage, trials=args.trials, timeout=args.timeout,
-                           seed=args.seed, artifacts=args.artifacts, on_start=announce, repeats=args.repeats)
+                           seed=args.seed, artifacts=args.artifacts, on_start=announce, repeats=args.repeats,
+                           check=lambda: require_buildable(spec))
     if summary.study is not None:
         print_front(summary.study, mask_password(summary.storage_url))
     if summary.failed:
