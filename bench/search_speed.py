@@ -154,9 +154,12 @@ def run_phases(storage: str, name: str, started: float, ended: float) -> tuple[f
     return first - started, last - first, ended - last
 
 
-def part_jobs(workdir: Path, trials: int, epochs: int, seed: int) -> None:
+def part_jobs(workdir: Path, trials: int, epochs: int, seed: int, pruner: str | None = None) -> None:
     spec_file = workdir / "jobs.yaml"
-    spec_file.write_text(yaml.safe_dump(small_spec(trials, epochs, seed)))
+    spec = small_spec(trials, epochs, seed)
+    if pruner is not None:  # workers prune with less of the study known than one process does
+        spec["study"]["pruner"] = pruner
+    spec_file.write_text(yaml.safe_dump(spec))
     rates, spans = {}, {}
     for jobs in (1, 2):
         storage = f"journal:{workdir / f'jobs{jobs}.log'}"
@@ -164,13 +167,16 @@ def part_jobs(workdir: Path, trials: int, epochs: int, seed: int) -> None:
         started = time.time()
         seconds, _ = run_measured(mixsearch_command(spec_file, storage, workdir, "--jobs", str(jobs)), env)
         startup, spans[jobs], after = run_phases(storage, "speed", started, started + seconds)
-        done = len(finished_trials(storage, "speed"))
-        rates[jobs] = done / seconds * 3600
-        print(f"--jobs {jobs}: {done} finished trials in {seconds:.1f} s = {rates[jobs]:.0f} trials/hour "
-              f"(start-up {startup:.1f} s, trials {spans[jobs]:.1f} s, after the last trial {after:.1f} s)",
-              flush=True)
+        finished = finished_trials(storage, "speed")
+        pruned = sum(t.state == TrialState.PRUNED for t in finished)
+        training = sum(t.user_attrs.get("train_seconds", 0.0) for t in finished)
+        rates[jobs] = len(finished) / seconds * 3600
+        print(f"--jobs {jobs}: {len(finished)} finished trials ({pruned} pruned, {training:.1f} s of training in "
+              f"all) in {seconds:.1f} s = {rates[jobs]:.0f} trials/hour (start-up {startup:.1f} s, trials "
+              f"{spans[jobs]:.1f} s, after the last trial {after:.1f} s)", flush=True)
     ceiling = two_at_once_ceiling()
-    print(f"jobs: {trials} trials of {epochs} epochs on {TRAIN_SIZE:,} images, space {SPACE}, seed {seed}: "
+    print(f"jobs: {trials} trials of {epochs} epochs on {TRAIN_SIZE:,} images, pruner {spec['study'].get('pruner', 'pareto')}, "
+          f"space {SPACE}, seed {seed}: "
           f"--jobs 2 / --jobs 1 = {rates[2] / rates[1]:.2f}× trials per hour; "
           f"{spans[1] / spans[2]:.2f}× from first trial to last; two processes of fixed training work at once "
           f"do {ceiling:.2f}× the work of one alone on this machine (the most --jobs 2 could give)")
@@ -258,6 +264,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the small spec")
     parser.add_argument("--default-trials", type=int, default=6, help="trials of spaces/mnist.yaml")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pruner", help="pruner of the jobs part's spec (default: the spec default, pareto)")
     parser.add_argument("--keep-default", type=Path, help="copy the default study's SQLite file here")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in this process (e2e)")
     parser.add_argument("--parts", nargs="+", choices=["jobs", "default", "e2e"], default=["jobs", "default", "e2e"])
@@ -269,7 +276,7 @@ def main() -> None:
         if "default" in args.parts:
             part_default(workdir, args.default_trials, args.keep_default)
         if "jobs" in args.parts:
-            part_jobs(workdir, args.trials, args.epochs, args.seed)
+            part_jobs(workdir, args.trials, args.epochs, args.seed, args.pruner)
         if "e2e" in args.parts:
             part_e2e(workdir, args.trials, args.epochs, args.seed)
 
