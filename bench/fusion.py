@@ -60,7 +60,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for runtime in ("onnxruntime", "torch"):
             for name, model in models.items():
-                times[name, runtime].append(measure_latency(model, shape, runtime, 1, 1, args.min_time).median_ms)
+                times[name, runtime].append(measure_latency(model, shape, runtime, 1, 1, args.min_time).ms)
     print("| layout | params (train / inference) | peak memory (weights + activations) | activations written "
           "| onnxruntime | torch |")
     print("| --- | --- | --- | --- | --- | --- |")

@@ -94,7 +94,7 @@ def search_time(arch, input_shape, runtime: str, min_time: float, reference_ms: 
     model = inference_model(build_model(arch))
     started = time.perf_counter()
     latency = measure_latency(model, input_shape, runtime, 1, 1, min_time, reference_ms)
-    return latency.median_ms, time.perf_counter() - started
+    return latency.ms, time.perf_counter() - started
 
 
 def careful_times(archs, input_shape, runtime: str, seconds: float, rounds: int, reference_ms: float):
@@ -109,8 +109,8 @@ def careful_times(archs, input_shape, runtime: str, seconds: float, rounds: int,
     calls = [runtime_call(model, example, runtime, 1) for model in models]
     for _ in range(rounds):
         for i, model in enumerate(models):
-            relative[i].append(measure_latency(model, input_shape, runtime, 1, 1, seconds / rounds, reference_ms).median_ms)
-            plain[i].append(time_calls(calls[i], seconds / rounds).median_ms)
+            relative[i].append(measure_latency(model, input_shape, runtime, 1, 1, seconds / rounds, reference_ms).ms)
+            plain[i].append(time_calls(calls[i], seconds / rounds).ms)
     return [statistics.median(r) for r in relative], [statistics.median(p) for p in plain]
 
 

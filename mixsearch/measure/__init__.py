@@ -93,7 +93,7 @@ def measure_static(arch: Arch, model: nn.Module, input_shape: tuple[int, int, in
                                   config.latency_threads, config.latency_min_time, reference_ms)
     return StaticMetrics(
         **{f.name: getattr(sizes, f.name) for f in fields(StaticSizes)},
-        latency_ms=latency.median_ms if latency else None, latency_iqr_ms=latency.iqr_ms if latency else None,
+        latency_ms=latency.ms if latency else None, latency_iqr_ms=latency.iqr_ms if latency else None,
         latency_from=source,
     )
 
