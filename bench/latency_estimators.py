@@ -1,0 +1,93 @@
+"""Which figure of a latency measurement repeats best? Several estimators from the same raw blocks.
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/latency_estimators.py [--seed 0]
+
+Draws the archs bench/latency.py draws (20 from spaces/mnist.yaml, 10 from
+spaces/mnist-mobilenet.yaml), measures each twice in onnxruntime as a trial does (fresh export and
+session, blocks of about 0.5 ms alternating with the reference network, ``latency_min_time`` 0.2 s),
+keeps every block time, and prints for each estimator Kendall τ between the two measurements and
+their median relative spread |a - b| / mean(a, b). About a minute on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import optuna
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from latency import draw_archs, kendall_tau  # noqa: E402
+
+from mixsearch.measure import latency as timing  # noqa: E402
+from mixsearch.models import build_model, inference_model  # noqa: E402
+
+
+def raw_blocks(arch, input_shape, min_time: float) -> tuple[list[float], list[float], list[float]]:
+    """(arch blocks, reference blocks, per-block ratios) of one measurement, as time_relative takes them."""
+    torch.manual_seed(0)
+    model = inference_model(build_model(arch))
+    reference = timing.reference_call(tuple(input_shape), "onnxruntime", 1, 1)
+    call = timing.runtime_call(model, timing._example(input_shape, 1), "onnxruntime", 1)
+    clock = timing._clock(1)
+    number = timing._calls_per_block(call, clock)
+    reference_number = timing._calls_per_block(reference, clock)
+    before = timing._block(reference, reference_number, clock)
+    blocks, reference_blocks, ratios, spent = [], [before], [], 0.0
+    while spent < min_time or len(ratios) < timing.MIN_BLOCKS:
+        block = timing._block(call, number, clock)
+        after = timing._block(reference, reference_number, clock)
+        blocks.append(block)
+        reference_blocks.append(after)
+        ratios.append(block / ((before + after) / 2))
+        spent += block * number
+        before = after
+    return blocks, reference_blocks, ratios
+
+
+def quantile(values: list[float], q: float) -> float:
+    return sorted(values)[int(q * (len(values) - 1))]
+
+
+ESTIMATORS = {
+    "median of per-block ratios": lambda a, r, x: statistics.median(x),
+    "25%-trimmed mean of ratios": lambda a, r, x: statistics.mean(sorted(x)[len(x) // 4: -(len(x) // 4)]),
+    "10th percentile of ratios": lambda a, r, x: quantile(x, 0.10),
+    "q25 arch / q25 reference": lambda a, r, x: quantile(a, 0.25) / quantile(r, 0.25),
+    "q10 arch / q10 reference": lambda a, r, x: quantile(a, 0.10) / quantile(r, 0.10),
+    "q02 arch / q02 reference (used)": lambda a, r, x: quantile(a, 0.02) / quantile(r, 0.02),
+    "min arch / min reference": lambda a, r, x: min(a) / min(r),
+    "plain median of arch blocks": lambda a, r, x: statistics.median(a),
+    "plain q02 of arch blocks": lambda a, r, x: quantile(a, 0.02),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-time", type=float, default=0.2)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _, mixer_shape, mixers = draw_archs(ROOT / "spaces" / "mnist.yaml", 20, args.seed)
+    _, mobile_shape, mobiles = draw_archs(ROOT / "spaces" / "mnist-mobilenet.yaml", 10, args.seed)
+    archs = [(a, mixer_shape) for a in mixers] + [(a, mobile_shape) for a in mobiles]
+    first = [raw_blocks(a, shape, args.min_time) for a, shape in archs]
+    second = [raw_blocks(a, shape, args.min_time) for a, shape in archs]
+    print(f"{len(archs)} archs, onnxruntime, two measurements of {args.min_time} s each, seed {args.seed}\n")
+    print("| estimator | τ between the two | median spread |\n| --- | --- | --- |")
+    for name, estimate in ESTIMATORS.items():
+        one = [estimate(*m) for m in first]
+        two = [estimate(*m) for m in second]
+        spread = statistics.median(abs(x - y) / ((x + y) / 2) for x, y in zip(one, two))
+        print(f"| {name} | {kendall_tau(one, two):.3f} | {spread:.1%} |")
+
+
+if __name__ == "__main__":
+    main()
