@@ -60,3 +60,24 @@ def test_front_table_reads_whole_at_100_columns(tmp_path, monkeypatch):
     table = " ".join(line.strip("│ ") for line in text.splitlines())
     for word in ("22,636", "0.371 ms", "0.9545", "3,667", "shared:", "token", "fc1+fc2,", "channel", "fc2"):
         assert word in table
+
+
+def test_a_worker_writes_each_trial_line_in_one_piece(tmp_path, monkeypatch):
+    # Workers share one output; with unbuffered output print() writes the newline on its own,
+    # and another worker's line could land between the two writes.
+    from mixsearch.cli.run import LineReporter
+
+    writes: list[str] = []
+
+    class RecordingStdout:
+        def write(self, text):
+            writes.append(text)
+            return len(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr("sys.stdout", RecordingStdout())
+    LineReporter("worker 1", ["accuracy", "params", "latency"]).trial_finished(study_with_front(tmp_path).trials[0])
+    assert writes == ["worker 1: trial   0 complete 0.9545, 22,636, 0.371 ms  mixer L3 C48 D64/192 P4d3 "
+                      "shared: token fc1+fc2, channel fc2\n"]

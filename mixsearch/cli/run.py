@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -56,7 +57,14 @@ class LineReporter:
     def epoch_done(self, number, result, epochs): ...
 
     def trial_finished(self, trial):
-        print(f"{self.name}: {trial_line(trial, self.objectives)}", flush=True)
+        print_whole_line(f"{self.name}: {trial_line(trial, self.objectives)}")
+
+
+def print_whole_line(text: str) -> None:
+    """Print ``text`` and its newline in one write: workers share one output, and ``print`` writes
+    the newline separately, so with unbuffered output two workers' lines could interleave."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 class FirstInterrupt:
@@ -158,8 +166,8 @@ def cmd_worker(args) -> int:
         summary = run_study(spec, storage_url=url, trials=args.trials, timeout=args.timeout, seed=args.seed,
                             reporter=LineReporter(name, list(spec.objectives)), sampler_seed=sampler_seed,
                             artifacts=args.artifacts, repeats=args.repeats)
-    print(f"{name}: {summary.added} trials added in {summary.seconds:.0f} s; {summary.finished} finished "
-          f"in {mask_password(url)}", flush=True)
+    print_whole_line(f"{name}: {summary.added} trials added in {summary.seconds:.0f} s; {summary.finished} "
+                     f"finished in {mask_password(url)}")
     return 130 if summary.interrupted else 0
 
 
