@@ -26,33 +26,17 @@ sys.path.insert(0, str(ROOT / "bench"))
 from latency import draw_archs, kendall_tau  # noqa: E402
 
 from mixsearch.measure import latency as timing  # noqa: E402
+from mixsearch.measure.latency import quantile  # noqa: E402
 from mixsearch.models import build_model, inference_model  # noqa: E402
 
 
 def raw_blocks(arch, input_shape, min_time: float) -> tuple[list[float], list[float], list[float]]:
-    """(arch blocks, reference blocks, per-block ratios) of one measurement, as time_relative takes them."""
+    """(arch blocks, reference blocks, per-block ratios) of one measurement, as a trial takes them."""
     torch.manual_seed(0)
     model = inference_model(build_model(arch))
     reference = timing.reference_call(tuple(input_shape), "onnxruntime", 1, 1)
     call = timing.runtime_call(model, timing._example(input_shape, 1), "onnxruntime", 1)
-    clock = timing._clock(1)
-    number = timing._calls_per_block(call, clock)
-    reference_number = timing._calls_per_block(reference, clock)
-    before = timing._block(reference, reference_number, clock)
-    blocks, reference_blocks, ratios, spent = [], [before], [], 0.0
-    while spent < min_time or len(ratios) < timing.MIN_BLOCKS:
-        block = timing._block(call, number, clock)
-        after = timing._block(reference, reference_number, clock)
-        blocks.append(block)
-        reference_blocks.append(after)
-        ratios.append(block / ((before + after) / 2))
-        spent += block * number
-        before = after
-    return blocks, reference_blocks, ratios
-
-
-def quantile(values: list[float], q: float) -> float:
-    return sorted(values)[int(q * (len(values) - 1))]
+    return timing.interleaved_blocks(call, reference, min_time)
 
 
 ESTIMATORS = {

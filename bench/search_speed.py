@@ -107,17 +107,16 @@ def optuna_storage(url: str):
 # --------------------------------------------------------------------------- parts
 
 
-# A fixed piece of the trainer's work (a Mixer, 300 training steps on random images, one
-# thread), run by one process alone and then by two at once: how fast two processes can go
-# on this machine's two cores, whatever mixsearch does around them.
+# A fixed piece of the trainer's work (bench/trainer.py's Mixer at dilation 1, 300 training
+# steps on random images, one thread), run by one process alone and then by two at once: how
+# fast two processes can go on this machine's two cores, whatever mixsearch does around them.
 STEADY_WORK = """
 import time, torch
-from mixsearch.arch import MixerArch
+from trainer import mixer_arch
 from mixsearch.models import build_model
 torch.set_num_threads(1)
 torch.manual_seed(0)
-model = build_model(MixerArch(in_channels=1, image_size=(28, 28), num_classes=10, layers=4, channels=16,
-                              token_hidden=64, channel_hidden=64, patch_size=4, dilation=1))
+model = build_model(mixer_arch(dilation=1))
 optimizer = torch.optim.Adam(model.parameters(), 1e-3)
 images, labels = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
 started = time.perf_counter()
@@ -136,7 +135,8 @@ def two_at_once_ceiling(rounds: int = 3) -> float:
     """
     def start():
         return subprocess.Popen([sys.executable, "-c", STEADY_WORK], cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+                                env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "bench")]),
+                                     "OMP_NUM_THREADS": "1"})
     alone, together = [], []
     for _ in range(rounds):
         alone.append(float(start().communicate()[0]))

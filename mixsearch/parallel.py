@@ -96,14 +96,13 @@ def run_parallel(spec: Spec, jobs: int, storage_url: str | None = None, trials: 
             check()
         if on_start is not None:
             on_start(plan)
-        open_storage(plan.storage_url)  # the schema exists before any worker opens it
+        storage = open_storage(plan.storage_url)  # the schema exists before any worker opens it
     except BaseException:
         _tell(workers, b"")  # no "go": each leaves at once
         for w in workers:
             w.wait()
         raise
     _tell(workers, b"go\n")
-    storage = open_storage(plan.storage_url)
     interrupted = False
     try:
         while workers[0].poll() is None and not _study_ready(storage, name):
@@ -172,6 +171,7 @@ def _tell(workers: list[subprocess.Popen], message: bytes) -> None:
     for w in workers:
         with contextlib.suppress(BrokenPipeError):
             w.stdin.write(message)
+        with contextlib.suppress(BrokenPipeError):  # closing flushes, and may find the pipe broken too
             w.stdin.close()
 
 

@@ -138,11 +138,10 @@ def cmd_worker(args) -> int:
 
     import torch
 
+    from ..parallel import stop_with_parent, wait_for_go
     from ..spec import load_spec
     from ..storage import mask_password, run_storage
     from ..study import run_study
-
-    from ..parallel import stop_with_parent, wait_for_go
 
     if args.parent is not None:
         stop_with_parent(args.parent)

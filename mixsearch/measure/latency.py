@@ -124,39 +124,51 @@ class Reference:
     ms: float
 
 
-def _quantile(values: list[float], q: float) -> float:
+def quantile(values: list[float], q: float) -> float:
+    """The value at quantile ``q`` of ``values`` (no interpolation)."""
     ordered = sorted(values)
     return ordered[int(q * (len(ordered) - 1))]
 
 
-def time_relative(call: Callable[[], object], reference: Reference, min_time: float, threads: int = 1) -> Latency:
-    """One call's time at the machine's full speed, measured against the reference, in ms.
+def interleaved_blocks(call: Callable[[], object], reference_call: Callable[[], object], min_time: float,
+                       threads: int = 1) -> tuple[list[float], list[float], list[float]]:
+    """(arch blocks, reference blocks, per-block ratios), seconds per call, of one measurement.
 
     Blocks alternate: reference, arch, reference, arch, ... so both are sampled over the same
-    spells of the machine. The figure is the ``REFERENCE_QUANTILE`` quantile of the arch's blocks
-    over that of the reference's, times the reference's figure (taken the same way, over longer):
-    the ratio of the two at full speed. Of the estimators tried on 30 archs measured twice, this one
-    repeated best: a median spread of 0.8-1.4% against 2.3-4.4% for the median of the per-block
-    ratios (docs/performance.md). The IQR is that of the per-block ratios (each arch block over
-    the mean of the reference blocks around it), in the same ms: how unsteady the machine was.
+    spells of the machine, until the arch's blocks fill ``min_time``. Each ratio is an arch block
+    over the mean of the reference blocks around it.
     """
     clock = _clock(threads)
     number = _calls_per_block(call, clock)
-    reference_number = _calls_per_block(reference.call, clock)
-    before = _block(reference.call, reference_number, clock)
+    reference_number = _calls_per_block(reference_call, clock)
+    before = _block(reference_call, reference_number, clock)
     blocks: list[float] = []
     reference_blocks = [before]
     ratios: list[float] = []
     spent = 0.0
     while spent < min_time or len(ratios) < MIN_BLOCKS:
         block = _block(call, number, clock)
-        after = _block(reference.call, reference_number, clock)
+        after = _block(reference_call, reference_number, clock)
         blocks.append(block)
         reference_blocks.append(after)
         ratios.append(block / ((before + after) / 2))
         spent += block * number
         before = after
-    full_speed = _quantile(blocks, REFERENCE_QUANTILE) / _quantile(reference_blocks, REFERENCE_QUANTILE)
+    return blocks, reference_blocks, ratios
+
+
+def time_relative(call: Callable[[], object], reference: Reference, min_time: float, threads: int = 1) -> Latency:
+    """One call's time at the machine's full speed, measured against the reference, in ms.
+
+    The figure is the ``REFERENCE_QUANTILE`` quantile of the arch's blocks over that of the
+    reference's (``interleaved_blocks``), times the reference's figure (taken the same way, over
+    longer): the ratio of the two at full speed. Of the estimators tried on 30 archs measured twice
+    (bench/latency_estimators.py), this one spread least but for the minima: a median spread of
+    0.6-2.4% against 1.0-4.4% for the median of the per-block ratios (docs/performance.md). The IQR is that of the
+    per-block ratios, in the same ms: how unsteady the machine was.
+    """
+    blocks, reference_blocks, ratios = interleaved_blocks(call, reference.call, min_time, threads)
+    full_speed = quantile(blocks, REFERENCE_QUANTILE) / quantile(reference_blocks, REFERENCE_QUANTILE)
     spread = _summary([ratio * reference.ms / 1e3 for ratio in ratios])
     return Latency(full_speed * reference.ms, spread.iqr_ms)
 
@@ -226,7 +238,7 @@ def reference_latency(input_shape: tuple[int, ...], runtime: str, batch_size: in
     """
     with _threads(runtime, threads):
         call = reference_call(tuple(input_shape), runtime, batch_size, threads)
-        return _quantile(_timed_blocks(call, REFERENCE_TIME_FACTOR * min_time, threads), REFERENCE_QUANTILE) * 1e3
+        return quantile(_timed_blocks(call, REFERENCE_TIME_FACTOR * min_time, threads), REFERENCE_QUANTILE) * 1e3
 
 
 @contextmanager
