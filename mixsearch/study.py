@@ -98,6 +98,16 @@ def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
+def slot_counts(study: optuna.Study) -> tuple[int, int]:
+    """(finished, running) trials, from one read of the study.
+
+    Two reads would race with the other workers: a trial that finishes between them is counted in
+    neither, and the study overshoots its target by a trial.
+    """
+    states = [trial.state for trial in study.get_trials(deepcopy=False)]
+    return sum(state in FINISHED for state in states), states.count(TrialState.RUNNING)
+
+
 def open_study(spec: Spec, storage_url: str, seed: int, create: bool = True) -> optuna.Study:
     """Create the study, or load it to resume; a study with other objectives is refused."""
     storage = open_storage(storage_url, create=create)
@@ -236,10 +246,9 @@ def run_study(spec: Spec, storage_url: str | None = None, trials: int | None = N
             lock.acquire()
             try:
                 recover_trials(study)
-                finished = finished_count(study)
+                finished, running = slot_counts(study)
                 if finished >= target:
                     break
-                running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
                 if finished + running >= target:  # enough trials under way; one may still fail
                     lock.release()
                     time.sleep(POLL_SECONDS)

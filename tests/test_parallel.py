@@ -154,3 +154,51 @@ def test_a_joining_worker_waits_for_the_study_and_then_works_on_it(tmp_path, wri
     study = optuna.load_study(study_name="tiny", storage=storage)
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 4
     assert "worker 1: " in out and "Traceback" not in err
+
+
+def test_a_trial_that_ends_while_a_worker_counts_does_not_start_an_extra_one(tmp_path, monkeypatch):
+    """A worker decides whether to start a trial from finished plus running trials. Another
+    worker's trial that finishes while it counts must be counted once, as finished or as running:
+    counted in neither, the study overshoots its target (seen on PostgreSQL: 9 finished of 8)."""
+    import os
+    import socket
+
+    from optuna.storages._cached_storage import _CachedStorage
+
+    import mixsearch.study as study_module
+    from conftest import TINY_SPEC
+    from mixsearch.spec import parse_spec
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    spec = parse_spec(TINY_SPEC, "tiny.yaml")
+    study_module.run_study(spec, storage_url=url, trials=1)
+    other = optuna.load_study(study_name="tiny", storage=url)
+    theirs = other.ask()  # another worker's trial, under way: a live process on this machine
+    theirs.set_user_attr("worker", f"{socket.gethostname()}:{os.getppid()}")
+
+    armed = False  # from just after the slot check's recovery step...
+    original_recover, original_read = study_module.recover_trials, _CachedStorage.get_all_trials
+
+    def recover_then_arm(study):
+        nonlocal armed
+        queued = original_recover(study)
+        armed = True
+        return queued
+
+    def read_then_finish_theirs(self, *args, **kwargs):
+        nonlocal armed
+        trials = original_read(self, *args, **kwargs)
+        if armed:  # ...their trial finishes right after the worker's next read of the study
+            armed = False
+            if other.trials[theirs.number].state == TrialState.RUNNING:
+                other.tell(theirs.number, [0.5, 1000.0])
+        return trials
+
+    monkeypatch.setattr(study_module, "recover_trials", recover_then_arm)
+    monkeypatch.setattr(_CachedStorage, "get_all_trials", read_then_finish_theirs)
+    # One finished and theirs running: the 2 trials asked for are all under way, so this worker
+    # only waits for theirs to end.
+    summary = study_module.run_study(spec, storage_url=url, trials=2)
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert summary.added == 1 and summary.finished == 2
