@@ -5,8 +5,8 @@
 Archs are drawn with Optuna's RandomSampler from the spaces of spaces/mnist.yaml and
 spaces/mnist-mobilenet.yaml (distinct archs only). For each runtime (onnxruntime, torch) the
 reference network is timed as a study does when it is created, then every arch is measured as the
-search measures it (a fresh model, export and session, ``latency_min_time`` of the spec, against
-that reference figure) twice, independently, and then carefully: ``--careful-factor`` times the
+search measures it (a fresh model, export and session, the runtime's default ``latency_min_time``,
+against that reference figure) twice, independently, and then carefully: ``--careful-factor`` times the
 time, in interleaved rounds (every arch once per round) so that a slow spell of the machine hits
 all archs alike. The careful measurement is taken twice: the same way (against the reference),
 and as plain time on the thread's clock, with no reference. It prints per runtime:
@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from mixsearch.arch import arch_hash  # noqa: E402
 from mixsearch.data import dataset_info, load_splits  # noqa: E402
 from mixsearch.errors import ArchError  # noqa: E402
+from mixsearch.measure import MeasureConfig  # noqa: E402
 from mixsearch.measure.latency import (measure_latency, reference_latency, runtime_call,  # noqa: E402
                                        time_calls)
 from mixsearch.models import build_model, inference_model  # noqa: E402
@@ -141,15 +142,17 @@ def main() -> None:
     spec, input_shape, mixers = draw_archs(ROOT / "spaces/mnist.yaml", args.mixer, args.seed)
     _, _, mobilenets = draw_archs(ROOT / "spaces/mnist-mobilenet.yaml", args.mobilenet, args.seed)
     archs = mixers + mobilenets
-    min_time = spec.measure.latency_min_time
-    print(f"{len(mixers)} Mixer + {len(mobilenets)} MobileNet archs; search-time latency_min_time {min_time} s, "
-          f"careful {args.careful_factor}x in {args.rounds} interleaved rounds; batch 1, 1 thread")
+    min_times = {runtime: MeasureConfig(runtime=runtime).latency_min_time for runtime in RUNTIMES}
+    print(f"{len(mixers)} Mixer + {len(mobilenets)} MobileNet archs; search-time latency_min_time "
+          + ", ".join(f"{seconds} s ({runtime})" for runtime, seconds in min_times.items())
+          + f", careful {args.careful_factor}x in {args.rounds} interleaved rounds; batch 1, 1 thread")
 
     train_seconds = trial_train_seconds(ROOT / "spaces/mnist.yaml", mixers[:3])
     print(f"default-study trial training time (median of 3 archs, 1 epoch x {spec.sample_recipe(optuna.create_study().ask()).epochs}): "
           f"{train_seconds:.1f} s")
     rows = []
     for runtime in RUNTIMES:
+        min_time = min_times[runtime]
         reference_ms = reference_latency(input_shape, runtime, 1, 1, min_time)  # as a study does when created
         reference_again = reference_latency(input_shape, runtime, 1, 1, min_time)
         first, costs = zip(*(search_time(a, input_shape, runtime, min_time, reference_ms) for a in archs))

@@ -1,12 +1,14 @@
 """Which figure of a latency measurement repeats best? Several estimators from the same raw blocks.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/latency_estimators.py [--seed 0]
+    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/latency_estimators.py [--seed 0] [--runtime torch]
 
 Draws the archs bench/latency.py draws (20 from spaces/mnist.yaml, 10 from
-spaces/mnist-mobilenet.yaml), measures each twice in onnxruntime as a trial does (fresh export and
+spaces/mnist-mobilenet.yaml), measures each twice in the runtime as a trial does (fresh export and
 session, blocks of about 0.5 ms alternating with the reference network, ``latency_min_time`` 0.2 s),
-keeps every block time, and prints for each estimator Kendall τ between the two measurements and
-their median relative spread |a - b| / mean(a, b). About a minute on two CPU cores.
+then once carefully (``--careful-factor`` times as long), keeps every block time, and prints for
+each estimator Kendall τ between the two measurements, τ between the first and the careful one
+(the same estimator on the longer measurement), and the median relative spread of the two,
+|a - b| / mean(a, b). About two minutes on two CPU cores.
 """
 
 from __future__ import annotations
@@ -26,17 +28,22 @@ sys.path.insert(0, str(ROOT / "bench"))
 from latency import draw_archs, kendall_tau  # noqa: E402
 
 from mixsearch.measure import latency as timing  # noqa: E402
-from mixsearch.measure.latency import quantile  # noqa: E402
 from mixsearch.models import build_model, inference_model  # noqa: E402
 
 
-def raw_blocks(arch, input_shape, min_time: float) -> tuple[list[float], list[float], list[float]]:
+def raw_blocks(arch, input_shape, runtime: str, min_time: float) -> tuple[list[float], list[float], list[float]]:
     """(arch blocks, reference blocks, per-block ratios) of one measurement, as a trial takes them."""
     torch.manual_seed(0)
     model = inference_model(build_model(arch))
-    reference = timing.reference_call(tuple(input_shape), "onnxruntime", 1, 1)
-    call = timing.runtime_call(model, timing._example(input_shape, 1), "onnxruntime", 1)
+    reference = timing.reference_call(tuple(input_shape), runtime, 1, 1)
+    call = timing.runtime_call(model, timing._example(input_shape, 1), runtime, 1)
     return timing.interleaved_blocks(call, reference, min_time)
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The value at quantile ``q`` of ``values`` (no interpolation)."""
+    ordered = sorted(values)
+    return ordered[int(q * (len(ordered) - 1))]
 
 
 ESTIMATORS = {
@@ -45,8 +52,10 @@ ESTIMATORS = {
     "10th percentile of ratios": lambda a, r, x: quantile(x, 0.10),
     "q25 arch / q25 reference": lambda a, r, x: quantile(a, 0.25) / quantile(r, 0.25),
     "q10 arch / q10 reference": lambda a, r, x: quantile(a, 0.10) / quantile(r, 0.10),
-    "q02 arch / q02 reference (used)": lambda a, r, x: quantile(a, 0.02) / quantile(r, 0.02),
-    "min arch / min reference": lambda a, r, x: min(a) / min(r),
+    "median arch / median reference": lambda a, r, x: statistics.median(a) / statistics.median(r),
+    "q05 arch / q05 reference": lambda a, r, x: quantile(a, 0.05) / quantile(r, 0.05),
+    "q02 arch / q02 reference": lambda a, r, x: quantile(a, 0.02) / quantile(r, 0.02),
+    "min arch / min reference (used)": lambda a, r, x: timing.fastest(a) / timing.fastest(r),
     "plain median of arch blocks": lambda a, r, x: statistics.median(a),
     "plain q02 of arch blocks": lambda a, r, x: quantile(a, 0.02),
 }
@@ -56,21 +65,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-time", type=float, default=0.2)
+    parser.add_argument("--runtime", choices=timing.RUNTIMES, default="onnxruntime")
+    parser.add_argument("--careful-factor", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _, mixer_shape, mixers = draw_archs(ROOT / "spaces" / "mnist.yaml", 20, args.seed)
     _, mobile_shape, mobiles = draw_archs(ROOT / "spaces" / "mnist-mobilenet.yaml", 10, args.seed)
     archs = [(a, mixer_shape) for a in mixers] + [(a, mobile_shape) for a in mobiles]
-    first = [raw_blocks(a, shape, args.min_time) for a, shape in archs]
-    second = [raw_blocks(a, shape, args.min_time) for a, shape in archs]
-    print(f"{len(archs)} archs, onnxruntime, two measurements of {args.min_time} s each, seed {args.seed}\n")
-    print("| estimator | τ between the two | median spread |\n| --- | --- | --- |")
+    first = [raw_blocks(a, shape, args.runtime, args.min_time) for a, shape in archs]
+    second = [raw_blocks(a, shape, args.runtime, args.min_time) for a, shape in archs]
+    careful = [raw_blocks(a, shape, args.runtime, args.min_time * args.careful_factor) for a, shape in archs]
+    print(f"{len(archs)} archs, {args.runtime}, two measurements of {args.min_time} s each and a careful one "
+          f"of {args.min_time * args.careful_factor:g} s, seed {args.seed}\n")
+    print("| estimator | τ between the two | τ first vs careful | median spread |\n| --- | --- | --- | --- |")
     for name, estimate in ESTIMATORS.items():
-        one = [estimate(*m) for m in first]
-        two = [estimate(*m) for m in second]
+        one, two, long = ([estimate(*m) for m in measurements] for measurements in (first, second, careful))
         spread = statistics.median(abs(x - y) / ((x + y) / 2) for x, y in zip(one, two))
-        print(f"| {name} | {kendall_tau(one, two):.3f} | {spread:.1%} |")
+        print(f"| {name} | {kendall_tau(one, two):.3f} | {kendall_tau(one, long):.3f} | {spread:.1%} |")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ from conftest import TINY_SPEC, merge, run_cli
 from mixsearch.arch import BlockArch, MixerArch, MobileNetArch
 from mixsearch.errors import ArchError
 from mixsearch.measure import MeasureConfig, measure_static, static_sizes
-from mixsearch.measure.latency import (Reference, ReferenceNetwork, export_onnx_bytes, measure_latency, onnx_call,
-                                       reference_call, time_relative)
+from mixsearch.measure.latency import (Reference, ReferenceNetwork, export_onnx_bytes, fastest, measure_latency,
+                                       onnx_call, reference_call, time_relative)
 from mixsearch.measure.memory import peak_memory
 from mixsearch.models import build_model, inference_model
 from mixsearch.spec import parse_spec
@@ -164,6 +164,21 @@ def test_latency_is_a_ratio_to_the_reference_in_its_ms():
     assert 1.8 < same.ms < 2.2 and same.iqr_ms < 0.5, same
     assert 3.4 < double.ms < 4.6, double
     assert 1.7 < double.ms / same.ms < 2.3
+
+
+def test_the_fastest_block_is_the_figure_and_a_jump_of_the_clock_is_skipped():
+    blocks = [1.3e-4, 1.1e-4, 1.25e-4, 1.6e-4, 1.2e-4]
+    assert fastest(blocks) == 1.1e-4  # slow spells only ever add time
+    # a block of 0 s, or one far under the rest, is the thread clock jumping: no block runs that fast
+    assert fastest(blocks + [0.0, 0.4e-4, -1e-5]) == 1.1e-4
+
+
+def test_eager_torch_gets_more_time_by_default_and_a_spec_can_say_otherwise():
+    assert MeasureConfig().latency_min_time == 0.2
+    assert MeasureConfig(runtime="torch").latency_min_time == 0.4
+    assert MeasureConfig(runtime="torch", latency_min_time=0.1).latency_min_time == 0.1
+    torch_spec = parse_spec(merge(TINY_SPEC, {"measure": {"runtime": "torch", "latency_min_time": None}}), "t.yaml")
+    assert torch_spec.measure.latency_min_time == 0.4
 
 
 def test_the_reference_network_runs_on_any_input_shape_and_keeps_the_random_stream():

@@ -22,9 +22,15 @@ from ..choices import Rule
 from .latency import RUNTIMES, Latency, measure_latency, reference_latency, runtime_description
 from .sizes import StaticSizes, count_flops, count_params, static_sizes
 
-__all__ = ["MEASURE_RULES", "MeasureConfig", "RUNTIMES", "STATIC_ATTRS", "StaticMetrics", "StaticSizes",
+__all__ = ["DEFAULT_MIN_TIME", "MEASURE_RULES", "MeasureConfig", "RUNTIMES", "STATIC_ATTRS", "StaticMetrics", "StaticSizes",
            "count_flops", "count_params", "measure_static", "reference_latency", "runtime_description",
            "static_sizes", "stored_latency"]
+
+
+# Seconds of timed runs per arch unless the spec says. Eager torch repeats worse than onnxruntime
+# in equal time (its calls are mostly interpreter overhead, which varies more), so it gets twice
+# the time; both stay a few percent of a default trial's training (docs/performance.md).
+DEFAULT_MIN_TIME = {"onnxruntime": 0.2, "torch": 0.4}
 
 
 @dataclass(frozen=True)
@@ -32,14 +38,19 @@ class MeasureConfig:
     runtime: str = "onnxruntime"
     latency_batch_size: int = 1
     latency_threads: int = 1
-    latency_min_time: float = 0.2  # seconds of timed runs per arch
+    latency_min_time: float | None = None  # seconds of timed runs per arch; None: DEFAULT_MIN_TIME
+
+    def __post_init__(self) -> None:
+        if self.latency_min_time is None:
+            object.__setattr__(self, "latency_min_time", DEFAULT_MIN_TIME[self.runtime])
 
 
 MEASURE_RULES: dict[str, Rule] = {
     "runtime": Rule(str, MeasureConfig.runtime, allowed=RUNTIMES),
     "latency_batch_size": Rule(int, MeasureConfig.latency_batch_size, minimum=1),
     "latency_threads": Rule(int, MeasureConfig.latency_threads, minimum=1),
-    "latency_min_time": Rule(float, MeasureConfig.latency_min_time, minimum=0.01),
+    "latency_min_time": Rule(float, None, minimum=0.01, nullable=True,
+                             help="seconds; default 0.2 for onnxruntime, 0.4 for torch"),
 }
 
 # Each minimized objective and the user attribute of a trial that stores it.

@@ -2,7 +2,7 @@
 
 Two runtimes share one timing rule (``time_calls``): warm-up, then short blocks of calls of the
 arch, each followed by a block of a fixed reference network, until ``latency_min_time`` seconds of
-the arch are spent. The fastest blocks of each (a low quantile: the machine at full speed) give
+the arch are spent. The fastest block of each (the machine at full speed, nothing in the way) gives
 the ratio of arch to reference, and that ratio times the reference's latency at full speed
 (measured once per study, ``reference_latency``) is stored, with the interquartile range of the
 block-by-block ratios. With one thread the clock is the thread's CPU time.
@@ -48,10 +48,9 @@ MIN_BLOCKS = 7
 # The reference's own latency is timed once per study, this many times ``latency_min_time``: its
 # one figure converts every arch's ratio to ms, so it gets more time than any one arch.
 REFERENCE_TIME_FACTOR = 10
-# ...and it is the time of its fastest blocks (this quantile), the machine at full speed: over 2 s
-# that figure agreed to 0.2% between timings, on an idle machine and beside two trainings alike,
-# where the median moved by 5-15% with the machine's slow spells (docs/performance.md).
-REFERENCE_QUANTILE = 0.02
+# ...and it is the time of its fastest block, the machine at full speed: over 2 s such a figure
+# agreed to 0.2% between timings, on an idle machine and beside two trainings alike, where the
+# median moved by 5-15% with the machine's slow spells (docs/performance.md).
 
 
 @dataclass(frozen=True)
@@ -124,10 +123,12 @@ class Reference:
     ms: float
 
 
-def quantile(values: list[float], q: float) -> float:
-    """The value at quantile ``q`` of ``values`` (no interpolation)."""
-    ordered = sorted(values)
-    return ordered[int(q * (len(ordered) - 1))]
+def fastest(blocks: list[float]) -> float:
+    """The fastest block: the machine at full speed. A block under half the median is a jump of
+    the thread clock, not a speed any block reaches (slow spells cost 1.2-1.5×, not 2×); seen on a
+    virtual machine as a block of 0 s. It is skipped."""
+    floor = statistics.median(blocks) / 2
+    return min(block for block in blocks if block >= floor)
 
 
 def interleaved_blocks(call: Callable[[], object], reference_call: Callable[[], object], min_time: float,
@@ -160,15 +161,17 @@ def interleaved_blocks(call: Callable[[], object], reference_call: Callable[[], 
 def time_relative(call: Callable[[], object], reference: Reference, min_time: float, threads: int = 1) -> Latency:
     """One call's time at the machine's full speed, measured against the reference, in ms.
 
-    The figure is the ``REFERENCE_QUANTILE`` quantile of the arch's blocks over that of the
-    reference's (``interleaved_blocks``), times the reference's figure (taken the same way, over
-    longer): the ratio of the two at full speed. Of the estimators tried on 30 archs measured twice
-    (bench/latency_estimators.py), this one spread least but for the minima: a median spread of
-    0.6-2.4% against 1.0-4.4% for the median of the per-block ratios (docs/performance.md). The IQR is that of the
-    per-block ratios, in the same ms: how unsteady the machine was.
+    The figure is the arch's fastest block over the reference's fastest block
+    (``interleaved_blocks``), times the reference's figure (taken the same way, over longer): the
+    ratio of the two at full speed. Noise on a computer only ever adds time, so the fastest block
+    is the one least disturbed. Of the estimators tried on 30 archs measured twice and then
+    carefully (bench/latency_estimators.py), this one repeated best in both runtimes: a median
+    spread of 1.1% against 1.6% for the 2nd percentiles and 3.7% for the median of the per-block
+    ratios in onnxruntime (docs/performance.md). The IQR is that of the per-block ratios, in the
+    same ms: how unsteady the machine was.
     """
     blocks, reference_blocks, ratios = interleaved_blocks(call, reference.call, min_time, threads)
-    full_speed = quantile(blocks, REFERENCE_QUANTILE) / quantile(reference_blocks, REFERENCE_QUANTILE)
+    full_speed = fastest(blocks) / fastest(reference_blocks)
     spread = _summary([ratio * reference.ms / 1e3 for ratio in ratios])
     return Latency(full_speed * reference.ms, spread.iqr_ms)
 
@@ -229,8 +232,8 @@ def reference_call(input_shape: tuple[int, ...], runtime: str, batch_size: int, 
 
 def reference_latency(input_shape: tuple[int, ...], runtime: str, batch_size: int, threads: int,
                       min_time: float) -> float:
-    """The reference network's latency in ms at the machine's full speed: the ``REFERENCE_QUANTILE``
-    quantile of its blocks over ``REFERENCE_TIME_FACTOR × min_time`` seconds.
+    """The reference network's latency in ms at the machine's full speed: its fastest block over
+    ``REFERENCE_TIME_FACTOR × min_time`` seconds.
 
     A study stores it when it is created (``latency_reference_ms``) and every worker converts its
     ratios with that one figure, so latencies of one study compare across workers and restarts,
@@ -238,7 +241,7 @@ def reference_latency(input_shape: tuple[int, ...], runtime: str, batch_size: in
     """
     with _threads(runtime, threads):
         call = reference_call(tuple(input_shape), runtime, batch_size, threads)
-        return quantile(_timed_blocks(call, REFERENCE_TIME_FACTOR * min_time, threads), REFERENCE_QUANTILE) * 1e3
+        return fastest(_timed_blocks(call, REFERENCE_TIME_FACTOR * min_time, threads)) * 1e3
 
 
 @contextmanager
