@@ -6,9 +6,18 @@ import logging as _logging
 # it would be a second line beside every one-line error. Filtered before anything imports torch.
 _logging.getLogger("torch.utils.cpp_extension").addFilter(lambda record: record.levelno >= _logging.ERROR)
 
-from .arch import MixerArch, MobileNetArch, arch_from_dict, arch_hash
-from .export import load_model
-from .models import build_model
+# The public names load on first use: importing the package must not import torch, so that the
+# command line starts quickly (``run --jobs`` starts its workers before it imports torch itself).
+_PUBLIC = {"MixerArch": "arch", "MobileNetArch": "arch", "arch_from_dict": "arch", "arch_hash": "arch",
+           "build_model": "models", "load_model": "export"}
 
-__all__ = ["MixerArch", "MobileNetArch", "arch_from_dict", "arch_hash", "build_model", "load_model"]
+__all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)

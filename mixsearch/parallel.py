@@ -2,6 +2,9 @@
 
 Each worker is a ``mixsearch worker`` process running ``run_study`` on the shared storage, so a
 crash in one trial takes down one worker, not the run. CPU threads are split between workers.
+
+Starting a worker needs only the spec's path, so ``run_parallel`` starts them before it imports
+torch and Optuna itself: this module imports them only inside its functions.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import optuna
+from typing import TYPE_CHECKING, Callable
 
 from .errors import UsageError
-from .spec import Spec
-from .storage import load_study, mask_password, open_storage, run_storage, study_names
+
+if TYPE_CHECKING:
+    import optuna
+
+    from .spec import Spec
 
 STARTUP_POLL_SECONDS = 0.2  # how often the first worker is checked for having created the study
 
@@ -47,55 +51,75 @@ class ParallelSummary:
         return [c for c in self.exit_codes if c not in (0, 130)]
 
 
+def threads_per_worker(jobs: int) -> int:
+    return max(1, len(os.sched_getaffinity(0)) // jobs)
+
+
 def plan_workers(spec: Spec, jobs: int, storage_url: str | None = None) -> WorkerPlan:
+    from .storage import run_storage
+
     url, note = run_storage(storage_url or spec.study.storage, spec.study.name, jobs)
-    threads = max(1, len(os.sched_getaffinity(0)) // jobs)
-    return WorkerPlan(url, jobs, threads, note)
+    return WorkerPlan(url, jobs, threads_per_worker(jobs), note)
 
 
-def worker_command(spec: Spec, plan: WorkerPlan, trials: int | None = None, timeout: float | None = None,
-                   seed: int | None = None, artifacts: str | None = None, repeats: int | None = None) -> list[str]:
-    """The ``mixsearch worker`` command line every worker runs (``--index`` is added per worker)."""
-    if not Path(spec.source).is_file():
-        raise UsageError(f"{spec.source}: parallel workers read the spec from its file; load it with load_spec")
-    command = [sys.executable, "-m", "mixsearch", "worker", spec.source, "--storage", plan.storage_url,
-               "--threads", str(plan.threads), "--spec-checked", "--parent", str(os.getpid())]
-    for flag, value in (("--trials", trials), ("--timeout", timeout), ("--seed", seed), ("--artifacts", artifacts),
-                        ("--repeats", repeats)):
+def worker_command(spec_file: str, jobs: int, storage_url: str | None = None, trials: int | None = None,
+                   timeout: float | None = None, seed: int | None = None, artifacts: str | None = None,
+                   repeats: int | None = None) -> list[str]:
+    """The ``mixsearch worker`` command line every worker runs (``--index`` is added per worker).
+
+    Without ``storage_url`` each worker finds the storage from the spec as ``plan_workers`` does
+    (``storage.run_storage``), so the command needs nothing from the spec but its path.
+    """
+    command = [sys.executable, "-m", "mixsearch", "worker", spec_file, "--threads", str(threads_per_worker(jobs)),
+               "--spec-checked", "--parent", str(os.getpid())]
+    for flag, value in (("--storage", storage_url), ("--trials", trials), ("--timeout", timeout), ("--seed", seed),
+                        ("--artifacts", artifacts), ("--repeats", repeats)):
         if value is not None:
             command += [flag, str(value)]
     return command
 
 
-def run_parallel(spec: Spec, jobs: int, storage_url: str | None = None, trials: int | None = None,
+def run_parallel(spec: Spec | str, jobs: int, storage_url: str | None = None, trials: int | None = None,
                  timeout: float | None = None, seed: int | None = None, artifacts: str | None = None,
-                 on_start: Callable[[WorkerPlan], None] | None = None, repeats: int | None = None,
-                 check: Callable[[], None] | None = None) -> ParallelSummary:
+                 on_start: Callable[[Spec, WorkerPlan], None] | None = None, repeats: int | None = None,
+                 check: Callable[[Spec], None] | None = None) -> ParallelSummary:
     """Run ``jobs`` worker processes on the study until it has ``trials`` finished trials.
 
-    ``spec`` must come from a file (``load_spec``): the workers read it again. Without a storage,
-    several workers share the journal file ``studies/<name>.log`` (see ``default_run_storage``).
-    A KeyboardInterrupt is passed on to every worker once (each fails its running trial and
-    exits); a second one kills them and propagates. Workers print their own trial lines.
-    ``check`` (say, that the space has a buildable arch) runs while the workers start up; if it
-    raises, they leave before touching the storage and its exception propagates.
+    ``spec`` is a spec file's path, or a spec loaded from its file (``load_spec``): the workers
+    read the file. Without a storage, several workers share the journal file
+    ``studies/<name>.log`` (see ``default_run_storage``). A KeyboardInterrupt is passed on to every
+    worker once (each fails its running trial and exits); a second one kills them and propagates.
+    Workers print their own trial lines. The spec is loaded and ``check`` (say, that the space has
+    a buildable arch) runs while the workers start up; if either raises, the workers leave before
+    touching the storage and the exception propagates.
     """
-    plan = plan_workers(spec, jobs, storage_url)
-    command = worker_command(spec, plan, trials, timeout, seed, artifacts, repeats)
+    spec_file = str(spec) if isinstance(spec, (str, Path)) else spec.source
+    if not Path(spec_file).is_file():
+        if isinstance(spec, (str, Path)):
+            from .spec import load_spec
+            load_spec(spec_file)  # says what is wrong with the path
+        raise UsageError(f"{spec_file}: parallel workers read the spec from its file; load it with load_spec")
+    command = worker_command(spec_file, jobs, storage_url, trials, timeout, seed, artifacts, repeats)
     started = time.perf_counter()
-    name = spec.study.name
     # Own process groups: a terminal's Ctrl-C reaches only this process, which passes on exactly
     # one SIGINT (a second one would make a worker quit without failing its trial). All workers
-    # start at once, so their imports overlap with each other and with ``check``; they wait for
-    # a "go" on their standard input. Then the first creates the study (and queues its enqueued
-    # entries), the others (--join) wait in their own process until it is set up.
+    # start at once, before this process imports torch, so their imports overlap with each other
+    # and with loading and checking the spec here; they wait for a "go" on their standard input.
+    # Then the first creates the study (and queues its enqueued entries), the others (--join)
+    # wait in their own process until it is set up.
     workers = [subprocess.Popen(command + ["--index", str(i), "--wait-for-go"] + (["--join"] if i else []),
                                 process_group=0, stdin=subprocess.PIPE) for i in range(jobs)]
     try:
+        from .storage import load_study, mask_password, open_storage, study_names
+
+        if isinstance(spec, (str, Path)):
+            from .spec import load_spec
+            spec = load_spec(spec_file)
         if check is not None:
-            check()
+            check(spec)
+        plan = plan_workers(spec, jobs, storage_url)
         if on_start is not None:
-            on_start(plan)
+            on_start(spec, plan)
         storage = open_storage(plan.storage_url)  # the schema exists before any worker opens it
     except BaseException:
         _tell(workers, b"")  # no "go": each leaves at once
@@ -103,6 +127,7 @@ def run_parallel(spec: Spec, jobs: int, storage_url: str | None = None, trials: 
             w.wait()
         raise
     _tell(workers, b"go\n")
+    name = spec.study.name
     interrupted = False
     try:
         while workers[0].poll() is None and not _study_ready(storage, name):
@@ -152,15 +177,18 @@ def stop_with_parent(parent_pid: int) -> None:
 
 def wait_for_study(storage_url: str, name: str) -> None:
     """Block until another worker has created the study ``name`` and set it up (``worker --join``)."""
+    from .storage import open_storage
+
     storage = open_storage(storage_url)
     while not _study_ready(storage, name):
         time.sleep(STARTUP_POLL_SECONDS)
 
 
 def _study_ready(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    from .storage import load_study, quiet_experimental, study_names
+
     if name not in study_names(storage):
         return False
-    from .storage import quiet_experimental
 
     with quiet_experimental():
         return load_study(storage, name, name).metric_names is not None

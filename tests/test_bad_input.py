@@ -134,6 +134,11 @@ HAND_WRITTEN = [
     # With workers: they start while the spec is checked, and leave without touching anything.
     pytest.param(with_value("space.patch_size", 32), ["run", SPEC, "--jobs", "2"], 2,
                  [SPEC, "space", "no buildable arch"], id="patch-bigger-than-image-jobs"),
+    # They start before the spec is even read: a file that is no spec, or no file, sends them away too.
+    pytest.param("study: [unclosed\n", ["run", SPEC, "--jobs", "2"], 2, [SPEC, "not valid YAML", "line"],
+                 id="not-yaml-jobs"),
+    pytest.param(None, ["run", "missing.yaml", "--jobs", "2"], 2, ["missing.yaml", "file not found"],
+                 id="missing-file-jobs"),
     pytest.param(with_value("space", {**ARCH, "patch_size": 10, "dilation": 4}), ["validate", SPEC], 2,
                  [SPEC, "space", "no buildable arch"], id="no-tokens-dilated"),
     pytest.param(with_value("space", {"family": "mobilenet", "strides": "1,x"}), ["validate", SPEC], 2,

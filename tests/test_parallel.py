@@ -8,7 +8,7 @@ import optuna
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from conftest import run_cli
+from conftest import cli_env, run_cli
 
 
 def test_three_workers_reach_exactly_the_requested_trials(tmp_path, write_spec):
@@ -103,6 +103,24 @@ def test_workers_stop_when_their_parent_is_killed(tmp_path, write_spec):
     failed = study.get_trials(states=(TrialState.FAIL,))
     assert len(failed) == 2 and all(t.user_attrs["reason"] == "interrupted" for t in failed)
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) < 6  # they stopped, not finished
+
+
+def test_run_jobs_starts_its_workers_before_it_imports_torch_or_optuna(tmp_path, write_spec):
+    """Those imports take seconds; the workers' own overlap the parent's only if it starts them first."""
+    import subprocess
+    import sys
+
+    probe = ("import subprocess, sys\n"
+             "def first_worker(*args, **kwargs):\n"
+             "    print('torch' in sys.modules, 'optuna' in sys.modules, args[0][3:5])\n"
+             "    raise SystemExit(0)\n"
+             "subprocess.Popen = first_worker\n"
+             "from mixsearch.cli import main\n"
+             f"main(['run', {str(write_spec())!r}, '--jobs', '2'])\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=cli_env(), capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split(" ", 2) == ["False", "False", f"['worker', {str(tmp_path / 'tiny.yaml')!r}]\n"]
 
 
 def test_run_study_with_jobs_runs_workers_from_python(tmp_path, write_spec, monkeypatch):

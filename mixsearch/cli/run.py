@@ -104,11 +104,11 @@ def _load_checked(path: str):
 
 
 def cmd_run(args) -> int:
+    if args.jobs > 1:
+        return _run_jobs(args)
     from ..storage import mask_password, run_storage
     from ..study import run_study
 
-    if args.jobs > 1:
-        return _run_jobs(args)
     spec = _load_checked(args.spec)
     target = args.trials or spec.study.trials
     columns = [TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -173,21 +173,23 @@ def cmd_worker(args) -> int:
 def _run_jobs(args) -> int:
     """``run --jobs N``: N ``mixsearch worker`` processes on one study, CPU threads split between them."""
     from ..parallel import run_parallel
-    from ..spec import load_spec
-    from ..storage import mask_password
-    from ..validate import require_buildable
 
-    spec = load_spec(args.spec)
+    def check(spec) -> None:
+        from ..validate import require_buildable
+        require_buildable(spec)
 
-    def announce(plan) -> None:
+    def announce(spec, plan) -> None:
+        from ..storage import mask_password
         console.print(f"study {spec.study.name} in {mask_password(plan.storage_url)}; {plan.jobs} workers, "
                       f"{plan.threads} torch threads each" + (f" ({plan.note})" if plan.note else ""),
                       highlight=False)
 
-    summary = run_parallel(spec, args.jobs, storage_url=args.storage, trials=args.trials, timeout=args.timeout,
+    # The spec file goes in unread: the workers start before this process imports torch to read it.
+    summary = run_parallel(args.spec, args.jobs, storage_url=args.storage, trials=args.trials, timeout=args.timeout,
                            seed=args.seed, artifacts=args.artifacts, on_start=announce, repeats=args.repeats,
-                           check=lambda: require_buildable(spec))
+                           check=check)
     if summary.study is not None:
+        from ..storage import mask_password
         print_front(summary.study, mask_password(summary.storage_url))
     if summary.failed:
         raise MixsearchError(f"{len(summary.failed)} of {args.jobs} workers failed (exit codes {summary.failed}); "
