@@ -49,8 +49,7 @@ MEASURE_RULES: dict[str, Rule] = {
     "runtime": Rule(str, MeasureConfig.runtime, allowed=RUNTIMES),
     "latency_batch_size": Rule(int, MeasureConfig.latency_batch_size, minimum=1),
     "latency_threads": Rule(int, MeasureConfig.latency_threads, minimum=1),
-    "latency_min_time": Rule(float, None, minimum=0.01, nullable=True,
-                             help="seconds; default 0.2 for onnxruntime, 0.4 for torch"),
+    "latency_min_time": Rule(float, None, minimum=0.01, nullable=True),  # None: DEFAULT_MIN_TIME
 }
 
 # Each minimized objective and the user attribute of a trial that stores it.
