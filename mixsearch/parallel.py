@@ -62,18 +62,15 @@ def plan_workers(spec: Spec, jobs: int, storage_url: str | None = None) -> Worke
     return WorkerPlan(url, jobs, threads_per_worker(jobs), note)
 
 
-def worker_command(spec_file: str, jobs: int, storage_url: str | None = None, trials: int | None = None,
-                   timeout: float | None = None, seed: int | None = None, artifacts: str | None = None,
-                   repeats: int | None = None) -> list[str]:
-    """The ``mixsearch worker`` command line every worker runs (``--index`` is added per worker).
-
-    Without ``storage_url`` each worker finds the storage from the spec as ``plan_workers`` does
-    (``storage.run_storage``), so the command needs nothing from the spec but its path.
-    """
+def worker_command(spec_file: str, jobs: int, trials: int | None = None, timeout: float | None = None,
+                   seed: int | None = None, artifacts: str | None = None, repeats: int | None = None) -> list[str]:
+    """The ``mixsearch worker`` command line every worker of ``run_parallel`` runs (``--index`` is
+    added per worker). It needs nothing from the spec but its path: the storage URL comes later,
+    with the "go" on the worker's standard input."""
     command = [sys.executable, "-m", "mixsearch", "worker", spec_file, "--threads", str(threads_per_worker(jobs)),
-               "--spec-checked", "--parent", str(os.getpid())]
-    for flag, value in (("--storage", storage_url), ("--trials", trials), ("--timeout", timeout), ("--seed", seed),
-                        ("--artifacts", artifacts), ("--repeats", repeats)):
+               "--spec-checked", "--parent", str(os.getpid()), "--wait-for-go"]
+    for flag, value in (("--trials", trials), ("--timeout", timeout), ("--seed", seed), ("--artifacts", artifacts),
+                        ("--repeats", repeats)):
         if value is not None:
             command += [flag, str(value)]
     return command
@@ -99,7 +96,7 @@ def run_parallel(spec: Spec | str, jobs: int, storage_url: str | None = None, tr
             from .spec import load_spec
             load_spec(spec_file)  # says what is wrong with the path
         raise UsageError(f"{spec_file}: parallel workers read the spec from its file; load it with load_spec")
-    command = worker_command(spec_file, jobs, storage_url, trials, timeout, seed, artifacts, repeats)
+    command = worker_command(spec_file, jobs, trials, timeout, seed, artifacts, repeats)
     started = time.perf_counter()
     # Own process groups: a terminal's Ctrl-C reaches only this process, which passes on exactly
     # one SIGINT (a second one would make a worker quit without failing its trial). All workers
@@ -107,7 +104,7 @@ def run_parallel(spec: Spec | str, jobs: int, storage_url: str | None = None, tr
     # and with loading and checking the spec here; they wait for a "go" on their standard input.
     # Then the first creates the study (and queues its enqueued entries), the others (--join)
     # wait in their own process until it is set up.
-    workers = [subprocess.Popen(command + ["--index", str(i), "--wait-for-go"] + (["--join"] if i else []),
+    workers = [subprocess.Popen(command + ["--index", str(i)] + (["--join"] if i else []),
                                 process_group=0, stdin=subprocess.PIPE) for i in range(jobs)]
     try:
         from .storage import load_study, mask_password, open_storage, study_names
@@ -126,7 +123,7 @@ def run_parallel(spec: Spec | str, jobs: int, storage_url: str | None = None, tr
         for w in workers:
             w.wait()
         raise
-    _tell(workers, b"go\n")
+    _tell(workers, f"go {plan.storage_url}\n".encode())  # through a pipe: a password stays off the command lines
     name = spec.study.name
     interrupted = False
     try:
@@ -153,9 +150,11 @@ def run_parallel(spec: Spec | str, jobs: int, storage_url: str | None = None, tr
                            time.perf_counter() - started)
 
 
-def wait_for_go() -> bool:
-    """Whether the ``run --jobs`` process that started this worker says "go" (its spec check passed)."""
-    return sys.stdin.readline().strip() == "go"
+def wait_for_go() -> str | None:
+    """The storage URL from the ``run --jobs`` process that started this worker once its spec check
+    passed ("go URL" on standard input), or None when it found the spec wrong."""
+    word, _, url = sys.stdin.readline().strip().partition(" ")
+    return url if word == "go" and url else None
 
 
 def stop_with_parent(parent_pid: int) -> None:

@@ -106,21 +106,23 @@ def test_workers_stop_when_their_parent_is_killed(tmp_path, write_spec):
 
 
 def test_run_jobs_starts_its_workers_before_it_imports_torch_or_optuna(tmp_path, write_spec):
-    """Those imports take seconds; the workers' own overlap the parent's only if it starts them first."""
+    """Those imports take seconds; the workers' own overlap the parent's only if it starts them first.
+    The storage URL reaches the workers later, through a pipe: a password stays off command lines."""
     import subprocess
     import sys
 
+    url = "postgresql://mix:hunter2@127.0.0.1:9/search"
     probe = ("import subprocess, sys\n"
-             "def first_worker(*args, **kwargs):\n"
-             "    print('torch' in sys.modules, 'optuna' in sys.modules, args[0][3:5])\n"
+             "def first_worker(command, **kwargs):\n"
+             "    print('torch' in sys.modules, 'optuna' in sys.modules, command[3:5], 'hunter2' in str(command))\n"
              "    raise SystemExit(0)\n"
              "subprocess.Popen = first_worker\n"
              "from mixsearch.cli import main\n"
-             f"main(['run', {str(write_spec())!r}, '--jobs', '2'])\n")
+             f"main(['run', {str(write_spec())!r}, '--jobs', '2', '--storage', {url!r}])\n")
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=cli_env(), capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split(" ", 2) == ["False", "False", f"['worker', {str(tmp_path / 'tiny.yaml')!r}]\n"]
+    assert result.stdout == f"False False ['worker', {str(tmp_path / 'tiny.yaml')!r}] False\n"
 
 
 def test_run_study_with_jobs_runs_workers_from_python(tmp_path, write_spec, monkeypatch):

@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "then join it (how run --jobs starts its workers)")
     worker.add_argument("--spec-checked", action="store_true", help=argparse.SUPPRESS)  # run --jobs checked it
     worker.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # the run --jobs process; stop when it dies
-    worker.add_argument("--wait-for-go", action="store_true", help=argparse.SUPPRESS)  # until it has checked the spec
+    # until it has checked the spec; it then names the storage: "go URL" on standard input
+    worker.add_argument("--wait-for-go", action="store_true", help=argparse.SUPPRESS)
     for command in (run, worker):
         command.add_argument("--trials", type=_positive_int, help="finished trials wanted in total (default: study.trials)")
         command.add_argument("--timeout", type=_seconds, help="stop starting new trials after this many seconds")

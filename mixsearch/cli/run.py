@@ -145,13 +145,16 @@ def cmd_worker(args) -> int:
 
     if args.parent is not None:
         stop_with_parent(args.parent)
-    if args.wait_for_go and not wait_for_go():
-        return 0  # the run --jobs process found the spec wrong and says why; nothing was touched
+    given_url = None
+    if args.wait_for_go:  # a worker of run --jobs: its parent names the storage once the spec passed
+        given_url = wait_for_go()
+        if given_url is None:
+            return 0  # the run --jobs process found the spec wrong and says why; nothing was touched
     # Workers that run --jobs started read the file its parent has just checked: loading is enough.
     spec = load_spec(args.spec) if args.spec_checked else _load_checked(args.spec)
     if args.threads:
         torch.set_num_threads(args.threads)
-    url, _ = run_storage(args.storage or spec.study.storage, spec.study.name, 2)
+    url = given_url or run_storage(args.storage or spec.study.storage, spec.study.name, 2)[0]
     seed = spec.study.seed if args.seed is None else args.seed
     sampler_seed = seed + args.index if args.index is not None else secrets.randbelow(2**31)
     name = f"worker {args.index}" if args.index is not None else "worker"
