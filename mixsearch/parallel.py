@@ -115,9 +115,9 @@ def run_parallel(spec: Spec | str, jobs: int, storage_url: str | None = None, tr
         if check is not None:
             check(spec)
         plan = plan_workers(spec, jobs, storage_url)
-        if on_start is not None:
-            on_start(spec, plan)
         storage = open_storage(plan.storage_url)  # the schema exists before any worker opens it
+        if on_start is not None:  # only once the storage opened: a wrong URL is the only line printed
+            on_start(spec, plan)
     except BaseException:
         _tell(workers, b"")  # no "go": each leaves at once
         for w in workers:
@@ -188,7 +188,6 @@ def _study_ready(storage: optuna.storages.BaseStorage, name: str) -> bool:
 
     if name not in study_names(storage):
         return False
-
     with quiet_experimental():
         return load_study(storage, name, name).metric_names is not None
 

@@ -125,6 +125,15 @@ def test_run_jobs_starts_its_workers_before_it_imports_torch_or_optuna(tmp_path,
     assert result.stdout == f"False False ['worker', {str(tmp_path / 'tiny.yaml')!r}] False\n"
 
 
+def test_run_jobs_with_a_wrong_storage_url_prints_only_the_error(tmp_path, write_spec):
+    result = run_cli(["run", write_spec(), "--jobs", "2", "--storage", "bogus://x"], tmp_path, timeout=90)
+    assert result.returncode == 1
+    assert result.stdout == ""  # no "study ... in bogus://x; 2 workers" announcement first
+    assert result.stderr.splitlines() == [
+        "error: storage bogus://x: cannot open it (Can't load plugin: sqlalchemy.dialects:bogus)"]
+    assert not (tmp_path / "studies").exists()
+
+
 def test_run_study_with_jobs_runs_workers_from_python(tmp_path, write_spec, monkeypatch):
     from mixsearch.parallel import ParallelSummary
     from mixsearch.spec import load_spec

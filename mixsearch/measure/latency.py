@@ -46,11 +46,11 @@ WARMUP_SECONDS = 0.02   # first calls allocate, pick kernels, fill caches: never
 BLOCK_SECONDS = 0.0005
 MIN_BLOCKS = 7
 # The reference's own latency is timed once per study, this many times ``latency_min_time``: its
-# one figure converts every arch's ratio to ms, so it gets more time than any one arch.
+# one figure converts every arch's ratio to ms, so it gets more time than any one arch. It is the
+# time of its fastest block, the machine at full speed: over 2 s such a figure agreed to 0.2%
+# between timings, on an idle machine and beside two trainings alike, where the median moved by
+# 5-15% with the machine's slow spells (docs/performance.md).
 REFERENCE_TIME_FACTOR = 10
-# ...and it is the time of its fastest block, the machine at full speed: over 2 s such a figure
-# agreed to 0.2% between timings, on an idle machine and beside two trainings alike, where the
-# median moved by 5-15% with the machine's slow spells (docs/performance.md).
 
 
 @dataclass(frozen=True)
