@@ -108,6 +108,12 @@ def slot_counts(study: optuna.Study) -> tuple[int, int]:
     return sum(state in FINISHED for state in states), states.count(TrialState.RUNNING)
 
 
+def ended_last(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether ``trial`` is the study's most recently ended trial (of any state)."""
+    ended = [t for t in study.get_trials(deepcopy=False) if t.datetime_complete is not None]
+    return bool(ended) and max(ended, key=lambda t: t.datetime_complete).number == trial.number
+
+
 def open_study(spec: Spec, storage_url: str, seed: int, create: bool = True) -> optuna.Study:
     """Create the study, or load it to resume; a study with other objectives is refused."""
     storage = open_storage(storage_url, create=create)
@@ -261,7 +267,11 @@ def run_study(spec: Spec, storage_url: str | None = None, trials: int | None = N
     except KeyboardInterrupt:
         interrupted = True
         objective.fail_current(study, "interrupted")
-    refresh_plots(study)
+    # The plots are drawn a last time by the worker whose trial ended last, when every trial is
+    # in; the others would only draw the same plots again, after the last trial (about a second
+    # each with --jobs 2). A worker that ran no trial draws them: it may be the only one.
+    if interrupted or objective.current is None or ended_last(study, objective.current):
+        refresh_plots(study)
     return RunSummary(study, storage_url, finished_count(study) - before, finished_count(study),
                       time.perf_counter() - started, splits.source, interrupted)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
@@ -231,3 +232,38 @@ def test_a_trial_that_ends_while_a_worker_counts_does_not_start_an_extra_one(tmp
     study = optuna.load_study(study_name="tiny", storage=url)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
     assert summary.added == 1 and summary.finished == 2
+
+
+@pytest.mark.parametrize("theirs_ends", ["first", "last"])
+def test_only_the_worker_whose_trial_ends_last_draws_the_final_plots(tmp_path, monkeypatch, theirs_ends):
+    """Each worker ends by waiting for the others' trials; the one whose trial ended last has seen
+    every trial and draws the plots a last time, the others skip it."""
+    import os
+    import socket
+
+    import mixsearch.study as study_module
+    from conftest import TINY_SPEC
+    from mixsearch.spec import parse_spec
+    from mixsearch.trial import Reporter
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    spec = parse_spec(TINY_SPEC, "tiny.yaml")
+    study_module.run_study(spec, storage_url=url, trials=1)
+    other = optuna.load_study(study_name="tiny", storage=url)
+    theirs = other.ask()  # another worker's trial, under way: a live process on this machine
+    theirs.set_user_attr("worker", f"{socket.gethostname()}:{os.getppid()}")
+
+    class FinishTheirs(Reporter):  # theirs ends while ours runs, or just after ours has ended
+        def trial_started(self, number, arch):
+            if theirs_ends == "first":
+                other.tell(theirs.number, [0.5, 1000.0])
+
+        def trial_finished(self, trial):
+            if theirs_ends == "last":
+                other.tell(theirs.number, [0.5, 1000.0])
+
+    drawn = []
+    monkeypatch.setattr(study_module, "refresh_plots", lambda study: drawn.append(len(study.trials)))
+    summary = study_module.run_study(spec, storage_url=url, trials=3, reporter=FinishTheirs())
+    assert summary.finished == 3
+    assert drawn == ([3] if theirs_ends == "first" else [])
