@@ -51,6 +51,12 @@ MIN_BLOCKS = 7
 # between timings, on an idle machine and beside two trainings alike, where the median moved by
 # 5-15% with the machine's slow spells (docs/performance.md).
 REFERENCE_TIME_FACTOR = 10
+# A measurement whose reference blocks never came within this much of the reference at full speed
+# spent all its time in a slow spell, where arch and reference slow by different factors (their
+# ratio was off by 4-26% in such spells). It goes on, up to EXTEND_FACTOR × ``latency_min_time``,
+# until the machine is back at full speed (docs/performance.md).
+FULL_SPEED_TOLERANCE = 0.03
+EXTEND_FACTOR = 4
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,13 @@ class Reference:
     ms: float
 
 
+# Per reference call (one per process and setting): its fastest block in this process so far. A
+# process that never reaches the study's figure for the reference (another machine, or one where
+# the reference runs a little slower) takes its own fastest block as the reference at full speed,
+# so that only its first measurement goes on to the EXTEND_FACTOR limit.
+_fastest_reference_block: dict[Callable[[], object], float] = {}
+
+
 def fastest(blocks: list[float]) -> float:
     """The fastest block: the machine at full speed. A block under half the median is a jump of
     the thread clock, not a speed any block reaches (slow spells cost 1.2-1.5×, not 2×); seen on a
@@ -132,12 +145,15 @@ def fastest(blocks: list[float]) -> float:
 
 
 def interleaved_blocks(call: Callable[[], object], reference_call: Callable[[], object], min_time: float,
-                       threads: int = 1) -> tuple[list[float], list[float], list[float]]:
+                       threads: int = 1, full_speed: float | None = None,
+                       ) -> tuple[list[float], list[float], list[float]]:
     """(arch blocks, reference blocks, per-block ratios), seconds per call, of one measurement.
 
     Blocks alternate: reference, arch, reference, arch, ... so both are sampled over the same
     spells of the machine, until the arch's blocks fill ``min_time``. Each ratio is an arch block
-    over the mean of the reference blocks around it.
+    over the mean of the reference blocks around it. Given ``full_speed``, the reference's seconds
+    per call at the machine's full speed, a measurement whose reference blocks stayed slower than
+    that (by more than ``FULL_SPEED_TOLERANCE``) goes on, up to ``EXTEND_FACTOR × min_time``.
     """
     clock = _clock(threads)
     number = _calls_per_block(call, clock)
@@ -147,7 +163,10 @@ def interleaved_blocks(call: Callable[[], object], reference_call: Callable[[], 
     reference_blocks = [before]
     ratios: list[float] = []
     spent = 0.0
-    while spent < min_time or len(ratios) < MIN_BLOCKS:
+    slow_until = (1 + FULL_SPEED_TOLERANCE) * full_speed if full_speed else float("inf")
+    fastest_reference = before
+    while (spent < min_time or len(ratios) < MIN_BLOCKS
+           or (fastest_reference > slow_until and spent < EXTEND_FACTOR * min_time)):
         block = _block(call, number, clock)
         after = _block(reference_call, reference_number, clock)
         blocks.append(block)
@@ -155,6 +174,8 @@ def interleaved_blocks(call: Callable[[], object], reference_call: Callable[[], 
         ratios.append(block / ((before + after) / 2))
         spent += block * number
         before = after
+        if after > slow_until / 2:  # a shorter block is a jump of the clock (see ``fastest``)
+            fastest_reference = min(fastest_reference, after)
     return blocks, reference_blocks, ratios
 
 
@@ -168,9 +189,14 @@ def time_relative(call: Callable[[], object], reference: Reference, min_time: fl
     carefully (bench/latency_estimators.py), this one repeated best in both runtimes: a median
     spread of 1.1% against 1.6% for the 2nd percentiles and 3.7% for the median of the per-block
     ratios in onnxruntime (docs/performance.md). The IQR is that of the per-block ratios, in the
-    same ms: how unsteady the machine was.
+    same ms: how unsteady the machine was. A measurement that found the machine slow throughout
+    goes on until it is back at full speed (``interleaved_blocks``).
     """
-    blocks, reference_blocks, ratios = interleaved_blocks(call, reference.call, min_time, threads)
+    reference_full_speed = max(reference.ms / 1e3, _fastest_reference_block.get(reference.call, 0.0))
+    blocks, reference_blocks, ratios = interleaved_blocks(call, reference.call, min_time, threads,
+                                                          reference_full_speed)
+    _fastest_reference_block[reference.call] = min(fastest(reference_blocks),
+                                                   _fastest_reference_block.get(reference.call, float("inf")))
     full_speed = fastest(blocks) / fastest(reference_blocks)
     spread = _summary([ratio * reference.ms / 1e3 for ratio in ratios])
     return Latency(full_speed * reference.ms, spread.iqr_ms)
