@@ -1,6 +1,7 @@
 """Which figure of a latency measurement repeats best? Several estimators from the same raw blocks.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/latency_estimators.py [--seed 0] [--runtime torch]
+    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/latency_estimators.py --stopping [--seed 0]
 
 Draws the archs bench/latency.py draws (20 from spaces/mnist.yaml, 10 from
 spaces/mnist-mobilenet.yaml), measures each twice in the runtime as a trial does (fresh export and
@@ -9,13 +10,23 @@ then once carefully (``--careful-factor`` times as long), keeps every block time
 each estimator Kendall τ between the two measurements, τ between the first and the careful one
 (the same estimator on the longer measurement), and the median relative spread of the two,
 |a - b| / mean(a, b). About two minutes on two CPU cores.
+
+``--stopping`` compares when a measurement stops instead, all with the fastest-block figure: after
+a fixed time (0.2, 0.3 and 0.4 s), or as trials do, after 0.2 s unless the reference never ran
+at full speed, then on until it does (``time_relative``; full speed is the reference's figure,
+timed first as a study does). Every arch is measured twice by every rule, the rules in a shuffled
+order per arch, so a slow spell of the machine falls on all of them alike; printed: τ between the
+two measurements of each rule, their median spread, and the seconds one measurement took (arch
+and reference blocks). About three minutes.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -38,6 +49,41 @@ def raw_blocks(arch, input_shape, runtime: str, min_time: float) -> tuple[list[f
     reference = timing.reference_call(tuple(input_shape), runtime, 1, 1)
     call = timing.runtime_call(model, timing._example(input_shape, 1), runtime, 1)
     return timing.interleaved_blocks(call, reference, min_time)
+
+
+def stopping_rules(archs, runtime: str, seed: int) -> None:
+    """τ, spread and seconds per measurement of each stopping rule (see the module's docstring)."""
+    shape = archs[0][1]  # both spaces take MNIST images: one reference serves them
+    reference = timing.Reference(timing.reference_call(tuple(shape), runtime, 1, 1),
+                                 timing.reference_latency(tuple(shape), runtime, 1, 1, 0.2))
+
+    def fixed(seconds):
+        def measure(call):
+            blocks, reference_blocks, _ = timing.interleaved_blocks(call, reference.call, seconds)
+            return timing.fastest(blocks) / timing.fastest(reference_blocks) * reference.ms
+        return measure
+
+    rules = {"fixed 0.2 s": fixed(0.2), "fixed 0.3 s": fixed(0.3), "fixed 0.4 s": fixed(0.4),
+             "0.2 s, on until full speed (used)": lambda call: timing.time_relative(call, reference, 0.2).ms}
+    figures = {name: ([], []) for name in rules}
+    seconds = {name: [] for name in rules}
+    order = random.Random(seed)
+    for repeat in range(2):
+        for arch, input_shape in archs:
+            names = list(rules)
+            order.shuffle(names)
+            for name in names:
+                torch.manual_seed(0)
+                model = inference_model(build_model(arch))
+                call = timing.runtime_call(model, timing._example(input_shape, 1), runtime, 1)
+                started = time.perf_counter()
+                figures[name][repeat].append(rules[name](call))
+                seconds[name].append(time.perf_counter() - started)
+    print(f"{len(archs)} archs, {runtime}, each measured twice by every rule, seed {seed}\n")
+    print("| stopping rule | τ between the two | median spread | seconds per measurement |\n| --- | --- | --- | --- |")
+    for name, (one, two) in figures.items():
+        spread = statistics.median(abs(x - y) / ((x + y) / 2) for x, y in zip(one, two))
+        print(f"| {name} | {kendall_tau(one, two):.3f} | {spread:.1%} | {statistics.mean(seconds[name]):.3f} |")
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -67,12 +113,16 @@ def main() -> None:
     parser.add_argument("--min-time", type=float, default=0.2)
     parser.add_argument("--runtime", choices=timing.RUNTIMES, default="onnxruntime")
     parser.add_argument("--careful-factor", type=int, default=10)
+    parser.add_argument("--stopping", action="store_true", help="compare stopping rules instead of estimators")
     args = parser.parse_args()
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _, mixer_shape, mixers = draw_archs(ROOT / "spaces" / "mnist.yaml", 20, args.seed)
     _, mobile_shape, mobiles = draw_archs(ROOT / "spaces" / "mnist-mobilenet.yaml", 10, args.seed)
     archs = [(a, mixer_shape) for a in mixers] + [(a, mobile_shape) for a in mobiles]
+    if args.stopping:
+        stopping_rules(archs, args.runtime, args.seed)
+        return
     first = [raw_blocks(a, shape, args.runtime, args.min_time) for a, shape in archs]
     second = [raw_blocks(a, shape, args.runtime, args.min_time) for a, shape in archs]
     careful = [raw_blocks(a, shape, args.runtime, args.min_time * args.careful_factor) for a, shape in archs]

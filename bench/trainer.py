@@ -30,6 +30,7 @@ process is also what each worker of ``mixsearch run --jobs 2`` uses.
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import math
 import statistics
@@ -48,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mixsearch.arch import MixerArch, patch_span  # noqa: E402
 from mixsearch.data import MNIST_FILES, Splits, bundled_mnist_dir  # noqa: E402
 from mixsearch.models import build_model, count_params  # noqa: E402
+from mixsearch.models.mixer import MixerLayer  # noqa: E402
 from mixsearch.train import TrainRecipe, train  # noqa: E402
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -182,6 +184,13 @@ def ablation_variants(dilation: int) -> dict:
     def ours():
         return build_model(mixer_arch(dilation))
 
+    def compiled_layers():
+        # One compiled layer function for every arch of a search: dynamic shapes, shared by all.
+        model = ours()
+        for layer in model.layers:
+            layer.forward = functools.partial(compiled_mixer_layer(), layer)
+        return model
+
     return {
         "plain model, Adam per-tensor loop": (plain, {}, 1, False),
         "plain model, Adam foreach": (plain, {"foreach": True}, 1, False),
@@ -190,25 +199,34 @@ def ablation_variants(dilation: int) -> dict:
         "token-major model, Adam fused (the trainer)": (ours, {"fused": True}, 1, False),
         "the trainer, bf16 autocast": (ours, {"fused": True}, 1, True),
         "the trainer, 2 threads": (ours, {"fused": True}, 2, False),
+        "the trainer, Mixer layers compiled (dynamic shapes)": (compiled_layers, {"fused": True}, 1, False),
     }
 
 
-def time_steps(factory, optimizer_options, threads, bf16, splits, steps: int) -> float:
-    """img/s of ``steps`` training steps on tensors (no DataLoader), after 5 warm-up steps."""
+@functools.cache
+def compiled_mixer_layer():
+    return torch.compile(MixerLayer.forward, dynamic=True)
+
+
+def time_steps(factory, optimizer_options, threads, bf16, splits, steps: int) -> tuple[float, float]:
+    """(img/s of ``steps`` training steps on tensors (no DataLoader), seconds of the 5 warm-up steps
+    before them: where a compiled model compiles)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = factory()
     optimizer = torch.optim.Adam(model.parameters(), lr=LR, **optimizer_options)
     order = torch.randint(0, len(splits.train_y), (steps + 5, BATCH_SIZE))
+    warm_up = time.perf_counter()
     for i, index in enumerate(order):
         if i == 5:
             started = time.perf_counter()
+            warm_up = started - warm_up
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(model(splits.train_x[index]), splits.train_y[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return steps * BATCH_SIZE / (time.perf_counter() - started)
+    return steps * BATCH_SIZE / (time.perf_counter() - started), warm_up
 
 
 def ablation(splits, dilations, rounds: int, steps: int) -> None:
@@ -216,15 +234,20 @@ def ablation(splits, dilations, rounds: int, steps: int) -> None:
     for dilation in dilations:
         variants = ablation_variants(dilation)
         speeds = {name: [] for name in variants}
+        warm_ups = {name: [] for name in variants}
         for round_ in range(rounds):
             for name, variant in variants.items():
-                speeds[name].append(time_steps(*variant, splits, steps))
-                print(f"dilation {dilation} round {round_} {name}: {speeds[name][-1]:,.0f} img/s", flush=True)
+                speed, warm_up = time_steps(*variant, splits, steps)
+                speeds[name].append(speed)
+                warm_ups[name].append(warm_up)
+                print(f"dilation {dilation} round {round_} {name}: {speed:,.0f} img/s, warm-up {warm_up:.1f} s",
+                      flush=True)
         base = statistics.median(speeds[next(iter(variants))])
         print(f"\ndilation {dilation}: {steps} steps of batch {BATCH_SIZE}, median of {rounds} rounds")
-        print("| variant | img/s | ratio |\n| --- | --- | --- |")
+        print("| variant | img/s | ratio | first round's 5 warm-up steps |\n| --- | --- | --- | --- |")
         for name, values in speeds.items():
-            print(f"| {name} | {statistics.median(values):,.0f} | {statistics.median(values) / base:.2f}× |")
+            print(f"| {name} | {statistics.median(values):,.0f} | {statistics.median(values) / base:.2f}× "
+                  f"| {warm_ups[name][0]:.1f} s |")
 
 
 # --------------------------------------------------------------------------- the comparison
@@ -269,7 +292,7 @@ def main() -> None:
     parser.add_argument("--mnist", type=Path, default=None, help="folder of the four MNIST IDX files")
     parser.add_argument("--quick", action="store_true", help="1 epoch, seed 0: about a minute")
     parser.add_argument("--ablation", type=int, metavar="ROUNDS", default=0,
-                        help="instead: time training steps of each variant (model, optimizer, threads, bf16)")
+                        help="instead: time training steps of each variant (model, optimizer, threads, bf16, compilation)")
     parser.add_argument("--steps", type=int, default=100, help="steps per variant and round, for --ablation")
     args = parser.parse_args()
     if args.quick:
