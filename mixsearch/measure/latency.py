@@ -1,11 +1,12 @@
 """Latency of the inference form in the runtime it is deployed with.
 
-Two runtimes share one timing rule (``time_calls``): warm-up, then short blocks of calls of the
+Two runtimes share one timing rule (``time_relative``): warm-up, then short blocks of calls of the
 arch, each followed by a block of a fixed reference network, until ``latency_min_time`` seconds of
 the arch are spent. The fastest block of each (the machine at full speed, nothing in the way) gives
 the ratio of arch to reference, and that ratio times the reference's latency at full speed
 (measured once per study, ``reference_latency``) is stored, with the interquartile range of the
-block-by-block ratios. With one thread the clock is the thread's CPU time.
+block-by-block ratios. A measurement that never saw the reference at full speed goes on until it
+does (up to 4× the time). With one thread the clock is the thread's CPU time.
 
 Why a reference: on a virtual machine the same core runs 1.2-1.5× slower for tenths of a second
 at a time (another tenant on the host's sibling thread, shared caches). The thread's CPU clock does
@@ -53,7 +54,7 @@ MIN_BLOCKS = 7
 REFERENCE_TIME_FACTOR = 10
 # A measurement whose reference blocks never came within this much of the reference at full speed
 # spent all its time in a slow spell, where arch and reference slow by different factors (their
-# ratio was off by 4-26% in such spells). It goes on, up to EXTEND_FACTOR × ``latency_min_time``,
+# ratio was off by -6% to +32% in such spells). It goes on, up to EXTEND_FACTOR × ``latency_min_time``,
 # until the machine is back at full speed (docs/performance.md).
 FULL_SPEED_TOLERANCE = 0.03
 EXTEND_FACTOR = 4
