@@ -63,10 +63,16 @@ def _two_trials_training(journal: Path):
     return condition
 
 
+# Trials of 400 tiny epochs (10-20 s): the two running trials are stopped after an epoch or so,
+# and the first must not end on its own between the check and the signal (with 40 epochs, about
+# 2 s, it once did).
+LONG_TRIALS = {"epochs": 400}
+
+
 def test_ctrl_c_stops_every_worker_cleanly(tmp_path, write_spec):
     from conftest import interrupt_when, start_cli
 
-    spec = write_spec(train={"epochs": 40})
+    spec = write_spec(train=LONG_TRIALS)
     journal = tmp_path / "studies" / "tiny.log"
     process = start_cli(["run", spec, "--jobs", "2", "--trials", "6"], tmp_path)
     _, stdout, stderr = interrupt_when(process, _two_trials_training(journal), "two RUNNING trials with an epoch")
@@ -83,7 +89,7 @@ def test_workers_stop_when_their_parent_is_killed(tmp_path, write_spec):
     # SIGKILL leaves the parent no chance to pass anything on: the kernel tells the workers.
     from conftest import descendants, kill_tree, start_cli, wait_for
 
-    spec = write_spec(train={"epochs": 40})
+    spec = write_spec(train=LONG_TRIALS)
     journal = tmp_path / "studies" / "tiny.log"
     process = start_cli(["run", spec, "--jobs", "2", "--trials", "6"], tmp_path)
     try:
