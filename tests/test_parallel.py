@@ -192,26 +192,34 @@ def test_a_joining_worker_waits_for_the_study_and_then_works_on_it(tmp_path, wri
     assert "worker 1: " in out and "Traceback" not in err
 
 
+def _one_finished_and_theirs_running(tmp_path):
+    """(spec, url, the study as another worker sees it, that worker's trial): the tiny study in a
+    SQLite file with one finished trial and one of another worker under way."""
+    import os
+    import socket
+
+    from conftest import TINY_SPEC
+    from mixsearch.spec import parse_spec
+    from mixsearch.study import run_study
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    spec = parse_spec(TINY_SPEC, "tiny.yaml")
+    run_study(spec, storage_url=url, trials=1)
+    other = optuna.load_study(study_name="tiny", storage=url)
+    theirs = other.ask()  # another worker's trial, under way: a live process on this machine
+    theirs.set_user_attr("worker", f"{socket.gethostname()}:{os.getppid()}")
+    return spec, url, other, theirs
+
+
 def test_a_trial_that_ends_while_a_worker_counts_does_not_start_an_extra_one(tmp_path, monkeypatch):
     """A worker decides whether to start a trial from finished plus running trials. Another
     worker's trial that finishes while it counts must be counted once, as finished or as running:
     counted in neither, the study overshoots its target (seen on PostgreSQL: 9 finished of 8)."""
-    import os
-    import socket
-
     from optuna.storages._cached_storage import _CachedStorage
 
     import mixsearch.study as study_module
-    from conftest import TINY_SPEC
-    from mixsearch.spec import parse_spec
 
-    url = f"sqlite:///{tmp_path / 's.db'}"
-    spec = parse_spec(TINY_SPEC, "tiny.yaml")
-    study_module.run_study(spec, storage_url=url, trials=1)
-    other = optuna.load_study(study_name="tiny", storage=url)
-    theirs = other.ask()  # another worker's trial, under way: a live process on this machine
-    theirs.set_user_attr("worker", f"{socket.gethostname()}:{os.getppid()}")
-
+    spec, url, other, theirs = _one_finished_and_theirs_running(tmp_path)
     armed = False  # from just after the slot check's recovery step...
     original_recover, original_read = study_module.recover_trials, _CachedStorage.get_all_trials
 
@@ -244,20 +252,10 @@ def test_a_trial_that_ends_while_a_worker_counts_does_not_start_an_extra_one(tmp
 def test_only_the_worker_whose_trial_ends_last_draws_the_final_plots(tmp_path, monkeypatch, theirs_ends):
     """Each worker ends by waiting for the others' trials; the one whose trial ended last has seen
     every trial and draws the plots a last time, the others skip it."""
-    import os
-    import socket
-
     import mixsearch.study as study_module
-    from conftest import TINY_SPEC
-    from mixsearch.spec import parse_spec
     from mixsearch.trial import Reporter
 
-    url = f"sqlite:///{tmp_path / 's.db'}"
-    spec = parse_spec(TINY_SPEC, "tiny.yaml")
-    study_module.run_study(spec, storage_url=url, trials=1)
-    other = optuna.load_study(study_name="tiny", storage=url)
-    theirs = other.ask()  # another worker's trial, under way: a live process on this machine
-    theirs.set_user_attr("worker", f"{socket.gethostname()}:{os.getppid()}")
+    spec, url, other, theirs = _one_finished_and_theirs_running(tmp_path)
 
     class FinishTheirs(Reporter):  # theirs ends while ours runs, or just after ours has ended
         def trial_started(self, number, arch):
