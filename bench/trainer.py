@@ -292,7 +292,8 @@ def main() -> None:
     parser.add_argument("--mnist", type=Path, default=None, help="folder of the four MNIST IDX files")
     parser.add_argument("--quick", action="store_true", help="1 epoch, seed 0: about a minute")
     parser.add_argument("--ablation", type=int, metavar="ROUNDS", default=0,
-                        help="instead: time training steps of each variant (model, optimizer, threads, bf16, compilation)")
+                        help="instead: time training steps of each variant "
+                             "(model, optimizer, threads, bf16, compilation)")
     parser.add_argument("--steps", type=int, default=100, help="steps per variant and round, for --ablation")
     args = parser.parse_args()
     if args.quick:

@@ -22,8 +22,8 @@ from ..choices import Rule
 from .latency import RUNTIMES, Latency, measure_latency, reference_latency, runtime_description
 from .sizes import StaticSizes, count_flops, count_params, static_sizes
 
-__all__ = ["DEFAULT_MIN_TIME", "MEASURE_RULES", "MeasureConfig", "RUNTIMES", "STATIC_ATTRS", "StaticMetrics", "StaticSizes",
-           "count_flops", "count_params", "measure_static", "reference_latency", "runtime_description",
+__all__ = ["DEFAULT_MIN_TIME", "MEASURE_RULES", "MeasureConfig", "RUNTIMES", "STATIC_ATTRS", "StaticMetrics",
+           "StaticSizes", "count_flops", "count_params", "measure_static", "reference_latency", "runtime_description",
            "static_sizes", "stored_latency"]
 
 

@@ -165,7 +165,12 @@ def interleaved_blocks(call: Callable[[], object], reference_call: Callable[[], 
     ratios: list[float] = []
     spent = 0.0
     slow_until = (1 + FULL_SPEED_TOLERANCE) * full_speed if full_speed else float("inf")
-    fastest_reference = before
+
+    def seen_fastest(reference_block: float, so_far: float) -> float:
+        # a block under half of full speed is a jump of the clock (see ``fastest``), not a speed
+        return min(so_far, reference_block) if reference_block > slow_until / 2 else so_far
+
+    fastest_reference = seen_fastest(before, float("inf"))
     while (spent < min_time or len(ratios) < MIN_BLOCKS
            or (fastest_reference > slow_until and spent < EXTEND_FACTOR * min_time)):
         block = _block(call, number, clock)
@@ -175,8 +180,7 @@ def interleaved_blocks(call: Callable[[], object], reference_call: Callable[[], 
         ratios.append(block / ((before + after) / 2))
         spent += block * number
         before = after
-        if after > slow_until / 2:  # a shorter block is a jump of the clock (see ``fastest``)
-            fastest_reference = min(fastest_reference, after)
+        fastest_reference = seen_fastest(after, fastest_reference)
     return blocks, reference_blocks, ratios
 
 
