@@ -8,6 +8,7 @@ line with exit code 2 (bad input) or 1 (runtime problem), never a traceback.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -61,6 +62,10 @@ def entry() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+    # Everything alive now stays alive until the process ends. Frozen, the interpreter's shutdown
+    # collections skip it instead of walking every object torch made: 0.6-0.8 s less per command
+    # (docs/performance.md). Files, storages and atexit hooks close and flush as before.
+    gc.freeze()
     sys.exit(code)
 
 
