@@ -1,6 +1,7 @@
 """How fast is a search? Workers, time around training, memory, and time to a front against plain Optuna.
 
-    .venv/bin/python bench/search_speed.py [--trials 12] [--epochs 3] [--default-trials 6] [--parts jobs default e2e]
+    .venv/bin/python bench/search_speed.py [--trials 12] [--epochs 3] [--default-trials 6] [--seeds 0 1 2]
+        [--parts jobs default e2e]
 
 Three parts, each printing its inputs and ratios:
 
@@ -20,6 +21,11 @@ Three parts, each printing its inputs and ratios:
   wall time (and at most 4× its trials). Printed: the
   baseline's wall time and final hypervolume, and the time mixsearch took to reach that
   hypervolume, as a ratio.
+
+``--seeds`` runs the jobs and e2e parts once per seed (the spec's seed, and the baseline's sampler
+and model initialization): a seed is one draw of archs, and a handful of trials weighs the
+samplers' luck as much as the speed, so with several seeds each part ends with the mean ± std of
+its ratio.
 
 Hypervolume: (1 − validation accuracy, params / the largest arch's params), reference point (1, 1).
 Small spec: bundled MNIST, 2,000 train / 1,000 validation images, batch 64, Adam lr 1e-3 constant,
@@ -154,7 +160,8 @@ def run_phases(storage: str, name: str, started: float, ended: float) -> tuple[f
     return first - started, last - first, ended - last
 
 
-def part_jobs(workdir: Path, trials: int, epochs: int, seed: int, pruner: str | None = None) -> None:
+def part_jobs(workdir: Path, trials: int, epochs: int, seed: int, pruner: str | None = None) -> float:
+    """Finished trials per hour of ``--jobs 2`` over those of ``--jobs 1``."""
     spec_file = workdir / "jobs.yaml"
     spec = small_spec(trials, epochs, seed)
     if pruner is not None:  # workers prune with less of the study known than one process does
@@ -162,7 +169,7 @@ def part_jobs(workdir: Path, trials: int, epochs: int, seed: int, pruner: str | 
     spec_file.write_text(yaml.safe_dump(spec))
     rates, spans = {}, {}
     for jobs in (1, 2):
-        storage = f"journal:{workdir / f'jobs{jobs}.log'}"
+        storage = f"journal:{workdir / f'jobs{jobs}-{seed}.log'}"
         env = {"OMP_NUM_THREADS": "1"} if jobs == 1 else None
         started = time.time()
         seconds, _ = run_measured(mixsearch_command(spec_file, storage, workdir, "--jobs", str(jobs)), env)
@@ -180,6 +187,7 @@ def part_jobs(workdir: Path, trials: int, epochs: int, seed: int, pruner: str | 
           f"--jobs 2 / --jobs 1 = {rates[2] / rates[1]:.2f}× trials per hour; "
           f"{spans[1] / spans[2]:.2f}× from first trial to last; two processes of fixed training work at once "
           f"do {ceiling:.2f}× the work of one alone on this machine (the most --jobs 2 could give)")
+    return rates[2] / rates[1]
 
 
 def part_default(workdir: Path, trials: int, keep: Path | None = None) -> None:
@@ -217,8 +225,10 @@ def hypervolume(points: list[tuple[float, float]], scale: float) -> float:
     return float(compute_hypervolume(box, np.array([1.0, 1.0])))
 
 
-def part_e2e(workdir: Path, trials: int, epochs: int, seed: int) -> None:
-    root = torchvision_root(Path(str(bundled_mnist_dir())), workdir / "mnist")
+def part_e2e(workdir: Path, trials: int, epochs: int, seed: int) -> float | None:
+    """Time mixsearch took to the baseline's final hypervolume over the baseline's wall time; None
+    when it did not reach it."""
+    root = torchvision_root(Path(str(bundled_mnist_dir())), workdir / f"mnist{seed}")
     full_train, _ = reference_datasets(root, 12_000, 1)
     train, val = split_indices(len(full_train), TRAIN_SIZE, VAL_SIZE, seed)  # mixsearch's split of the same pool
     train_set = torch.utils.data.Subset(full_train.dataset, train.tolist())
@@ -228,7 +238,8 @@ def part_e2e(workdir: Path, trials: int, epochs: int, seed: int) -> None:
                 for p, d in itertools.product(SPACE["patch_size"], SPACE["dilation"]))
 
     torch.manual_seed(seed)
-    baseline = optuna.create_study(directions=["maximize", "minimize"])
+    # Optuna's default sampler (TPESampler()), seeded so that a seed names one comparison.
+    baseline = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.TPESampler(seed=seed))
     started = time.perf_counter()
     baseline.optimize(plain_objective(train_set, val_set, epochs), n_trials=trials)
     baseline_seconds = time.perf_counter() - started
@@ -239,7 +250,7 @@ def part_e2e(workdir: Path, trials: int, epochs: int, seed: int) -> None:
     spec = parse_spec(small_spec(trials, epochs, seed), "bench/search_speed.py")
     began = datetime.datetime.now()
     # The same budget in time: up to the baseline's wall time, as many trials as fit (capped at 4×).
-    summary = run_study(spec, storage_url=f"sqlite:///{workdir / 'e2e.db'}", trials=4 * trials,
+    summary = run_study(spec, storage_url=f"sqlite:///{workdir / f'e2e{seed}.db'}", trials=4 * trials,
                         timeout=baseline_seconds, artifacts=str(workdir / "artifacts"))
     reached, points = None, []
     for t in sorted(summary.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
@@ -253,9 +264,20 @@ def part_e2e(workdir: Path, trials: int, epochs: int, seed: int) -> None:
     inputs = f"space {SPACE}, {epochs} epochs on {TRAIN_SIZE:,} images, {trials} trials, seed {seed}"
     if reached is None:
         print(f"e2e: mixsearch did not reach the baseline's hypervolume within its wall time ({inputs})")
-    else:
-        print(f"e2e: mixsearch reached the baseline's final hypervolume after {reached:.1f} s = "
-              f"{reached / baseline_seconds:.2f} of the baseline's wall time ({inputs})")
+        return None
+    print(f"e2e: mixsearch reached the baseline's final hypervolume after {reached:.1f} s = "
+          f"{reached / baseline_seconds:.2f} of the baseline's wall time ({inputs})")
+    return reached / baseline_seconds
+
+
+def print_over_seeds(what: str, seeds: list[int], values: list[float | None]) -> None:
+    """One figure of several seeds: each, and their mean ± sample std (None: the figure was not
+    reached, and no mean is given)."""
+    shown = ", ".join("not reached" if v is None else f"{v:.2f}" for v in values)
+    line = f"{what} over seeds {seeds}: {shown}"
+    if len(values) > 1 and None not in values:
+        line += f"; mean {statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f} (sample std)"
+    print(line, flush=True)
 
 
 def main() -> None:
@@ -263,7 +285,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12, help="trials of the small spec (jobs and e2e)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the small spec")
     parser.add_argument("--default-trials", type=int, default=6, help="trials of spaces/mnist.yaml")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="seeds of the jobs and e2e parts: each is one run; with several, their mean ± std")
     parser.add_argument("--pruner", help="pruner of the jobs part's spec (default: the spec default, pareto)")
     parser.add_argument("--keep-default", type=Path, help="copy the default study's SQLite file here")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in this process (e2e)")
@@ -276,9 +299,11 @@ def main() -> None:
         if "default" in args.parts:
             part_default(workdir, args.default_trials, args.keep_default)
         if "jobs" in args.parts:
-            part_jobs(workdir, args.trials, args.epochs, args.seed, args.pruner)
+            ratios = [part_jobs(workdir, args.trials, args.epochs, seed, args.pruner) for seed in args.seeds]
+            print_over_seeds("--jobs 2 / --jobs 1, trials per hour", args.seeds, ratios)
         if "e2e" in args.parts:
-            part_e2e(workdir, args.trials, args.epochs, args.seed)
+            ratios = [part_e2e(workdir, args.trials, args.epochs, seed) for seed in args.seeds]
+            print_over_seeds("e2e, share of the baseline's wall time", args.seeds, ratios)
 
 
 if __name__ == "__main__":
