@@ -96,6 +96,12 @@ class Spec:
     def directions(self) -> list[str]:
         return [DIRECTIONS[name] for name in self.objectives]
 
+    @property
+    def times_latency(self) -> bool:
+        """Whether trials time their latency: ``measure.latency`` is ``always``, or latency is an
+        objective or a constraint."""
+        return self.measure.latency == "always" or "latency" in self.objectives or "latency" in self.constraints
+
     def sample_recipe(self, trial) -> TrainRecipe:
         return TrainRecipe(**{name: choice.suggest(trial, f"train.{name}") for name, choice in self.train.items()})
 

@@ -127,17 +127,25 @@ def open_study(spec: Spec, storage_url: str, seed: int, create: bool = True) -> 
         enqueue_entries(study, spec)
         study.set_user_attr("spec_file", spec.source)
         study.set_user_attr("spec", json.loads(json.dumps(spec.raw, default=str)))
-        study.set_user_attr("latency_runtime", runtime_description(spec.measure.runtime))
-        # every worker's latencies are ratios to the reference network times this one figure
-        study.set_user_attr("latency_reference_ms", reference_latency(
-            dataset_info(spec.data)[0], spec.measure.runtime, spec.measure.latency_batch_size,
-            spec.measure.latency_threads, spec.measure.latency_min_time))
+        if spec.times_latency:
+            time_reference(study, spec)
         with quiet_experimental():
             study.set_metric_names(list(spec.objectives))
     elif list(study.metric_names) != list(spec.objectives):
         raise UsageError(f"{spec.source}: objectives {list(spec.objectives)} differ from the existing study "
                          f"{spec.study.name!r} in {shown} ({list(study.metric_names)}); use another study.name")
+    elif spec.times_latency and "latency_reference_ms" not in study.user_attrs:
+        time_reference(study, spec)  # created by a spec that did not time latency; this one does
     return study
+
+
+def time_reference(study: optuna.Study, spec: Spec) -> None:
+    """Time the reference network and store it on the study, with the runtime's name: every
+    worker's latencies are ratios to the reference network times this one figure."""
+    study.set_user_attr("latency_runtime", runtime_description(spec.measure.runtime))
+    study.set_user_attr("latency_reference_ms", reference_latency(
+        dataset_info(spec.data)[0], spec.measure.runtime, spec.measure.latency_batch_size,
+        spec.measure.latency_threads, spec.measure.latency_min_time))
 
 
 def enqueue_entries(study: optuna.Study, spec: Spec) -> None:

@@ -103,7 +103,8 @@ def build_and_measure(trial: optuna.Trial, sampled: Sampled, spec: Spec, splits:
     torch.manual_seed(seed)
     model = build_model(sampled.arch)
     try:  # a repeat of an arch (any recipe) reuses its latency; an arch ONNX cannot express is impossible
-        static = measure_static(sampled.arch, model, splits.input_shape, spec.measure, sizes=sampled.sizes,
+        static = measure_static(sampled.arch, model, splits.input_shape, spec.measure,
+                                with_latency=spec.times_latency, sizes=sampled.sizes,
                                 stored=stored_latency(trial.study, arch_hash(sampled.arch)),
                                 reference_ms=trial.study.user_attrs.get("latency_reference_ms"))
     except ArchError as exc:

@@ -303,7 +303,8 @@ def test_a_repeated_arch_reuses_its_latency_and_memory_is_an_objective(tmp_path,
              "patch_size": 7, "dilation": 1}
     data = merge(TINY_SPEC, {"study": {"trials": 2, "sampler": "grid"}, "objectives": ["accuracy", "memory"],
                              "train": {"epochs": 1, "lr": [0.01, 0.02]}, "space": space,
-                             "data": {"train_size": 100, "val_size": 50, "test_size": 50}})
+                             "data": {"train_size": 100, "val_size": 50, "test_size": 50},
+                             "measure": {"latency": "always"}})  # timed, though not an objective
     data["space"] = space
     spec = parse_spec(data, "repeat.yaml")
     summary = run_study(spec, storage_url=f"sqlite:///{tmp_path / 's.db'}", artifacts=str(tmp_path / "art"))
@@ -322,7 +323,7 @@ def test_a_repeated_arch_reuses_its_latency_and_memory_is_an_objective(tmp_path,
 def test_a_memory_constraint_marks_the_trial_infeasible(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data = merge(TINY_SPEC, {"study": {"trials": 1}, "constraints": {"memory": 1000},
-                             "measure": {"runtime": "torch", "latency_min_time": 0.01}})
+                             "measure": {"runtime": "torch", "latency": "always", "latency_min_time": 0.01}})
     summary = run_study(parse_spec(data, "c.yaml"), storage_url=f"sqlite:///{tmp_path / 's.db'}",
                         artifacts=str(tmp_path / "art"))
     (trial,) = summary.study.get_trials()

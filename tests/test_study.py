@@ -103,3 +103,33 @@ def test_cli_run_then_show(tmp_path, capsys, monkeypatch):
     # 1 layer: 2 channels x 2 patches x 2 dilations = 8 (nothing to share);
     # 2 layers: 8 x 3 plans (none | all with tied or separate bias) for each of 4 sites = 648.
     assert "space size: 656 configurations" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("changes, timed", [
+    ({}, False),  # auto: latency neither searched nor bounded
+    ({"measure": {"latency": "always"}}, True),
+    ({"constraints": {"latency": 100.0}}, True),  # a bound needs the figure
+], ids=["auto", "always", "constraint"])
+def test_latency_is_timed_only_where_the_spec_searches_bounds_or_asks_for_it(tmp_path, changes, timed):
+    url = f"sqlite:///{tmp_path / 'timed.db'}"
+    run_study(parse_spec(merge(TINY_SPEC, {"study": {"trials": 2}, **changes}), "timed.yaml"), storage_url=url)
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert ("latency_reference_ms" in study.user_attrs) == timed
+    assert ("latency_runtime" in study.user_attrs) == timed
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 2 and all(t.user_attrs["params"] > 0 for t in trials)
+    for trial in trials:
+        latency = trial.user_attrs["latency_ms"]
+        assert (latency is not None and latency > 0) if timed else latency is None
+
+
+def test_a_study_resumed_by_a_spec_that_times_latency_gets_its_reference_then(tmp_path):
+    url = f"sqlite:///{tmp_path / 'later.db'}"
+    run_study(parse_spec(merge(TINY_SPEC, {"study": {"trials": 1}}), "later.yaml"), storage_url=url)
+    assert "latency_reference_ms" not in optuna.load_study(study_name="tiny", storage=url).user_attrs
+    always = merge(TINY_SPEC, {"study": {"trials": 2}, "measure": {"latency": "always"}})
+    run_study(parse_spec(always, "later.yaml"), storage_url=url)
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert study.user_attrs["latency_reference_ms"] > 0
+    first, second = study.get_trials(states=(TrialState.COMPLETE,))
+    assert first.user_attrs["latency_ms"] is None and second.user_attrs["latency_ms"] > 0

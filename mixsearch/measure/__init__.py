@@ -22,7 +22,7 @@ from ..choices import Rule
 from .latency import RUNTIMES, Latency, measure_latency, reference_latency, runtime_description
 from .sizes import StaticSizes, count_flops, count_params, static_sizes
 
-__all__ = ["DEFAULT_MIN_TIME", "MEASURE_RULES", "MeasureConfig", "RUNTIMES", "STATIC_ATTRS", "StaticMetrics",
+__all__ = ["DEFAULT_MIN_TIME", "LATENCY_WHEN", "MEASURE_RULES", "MeasureConfig", "RUNTIMES", "STATIC_ATTRS", "StaticMetrics",
            "StaticSizes", "count_flops", "count_params", "measure_static", "reference_latency", "runtime_description",
            "static_sizes", "stored_latency"]
 
@@ -32,10 +32,16 @@ __all__ = ["DEFAULT_MIN_TIME", "MEASURE_RULES", "MeasureConfig", "RUNTIMES", "ST
 # the time; both stay a few percent of a default trial's training (docs/performance.md).
 DEFAULT_MIN_TIME = {"onnxruntime": 0.2, "torch": 0.4}
 
+# When trials time their latency: ``auto`` when the spec searches or bounds it (an objective or a
+# constraint), ``always`` for every trial. Timing is about half a second per arch, and on small,
+# short trials that is as much as their training (docs/performance.md).
+LATENCY_WHEN = ("auto", "always")
+
 
 @dataclass(frozen=True)
 class MeasureConfig:
     runtime: str = "onnxruntime"
+    latency: str = "auto"  # see LATENCY_WHEN
     latency_batch_size: int = 1
     latency_threads: int = 1
     latency_min_time: float | None = None  # seconds of timed runs per arch; None: DEFAULT_MIN_TIME
@@ -47,6 +53,7 @@ class MeasureConfig:
 
 MEASURE_RULES: dict[str, Rule] = {
     "runtime": Rule(str, MeasureConfig.runtime, allowed=RUNTIMES),
+    "latency": Rule(str, MeasureConfig.latency, allowed=LATENCY_WHEN),
     "latency_batch_size": Rule(int, MeasureConfig.latency_batch_size, minimum=1),
     "latency_threads": Rule(int, MeasureConfig.latency_threads, minimum=1),
     "latency_min_time": Rule(float, None, minimum=0.01, nullable=True),  # None: DEFAULT_MIN_TIME
