@@ -123,6 +123,9 @@ def open_study(spec: Spec, storage_url: str, seed: int, create: bool = True) -> 
                                     directions=spec.directions, load_if_exists=True)
     except ValueError as exc:
         raise UsageError(f"storage {shown}: study {spec.study.name!r} exists with other objectives ({exc})") from None
+    resumed_after = len(study.get_trials(deepcopy=False))
+    if resumed_after:  # seeded as at the start, a sampler would propose the first trials' params again
+        study.sampler = make_sampler(spec, seed + resumed_after)
     if study.metric_names is None:  # just created: set it up, the metric names last
         enqueue_entries(study, spec)
         study.set_user_attr("spec_file", spec.source)

@@ -74,6 +74,16 @@ def test_resume_adds_only_the_missing_trials(tmp_path):
     assert len(optuna.load_study(study_name="tiny", storage=url).trials) == 3
 
 
+def test_a_resumed_study_draws_new_params_instead_of_its_first_trials_again(tmp_path):
+    data = merge(TINY_SPEC, {"study": {"sampler": "random"}})
+    url = f"sqlite:///{tmp_path / 'draws.db'}"
+    for trials in (1, 2, 3):
+        run_study(parse_spec(data, "draws.yaml"), storage_url=url, trials=trials)
+    trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 3
+    assert not any("duplicate_of" in t.user_attrs for t in trials)
+
+
 def test_same_seed_same_trials(tmp_path, tiny_run):
     url, _ = tiny_run
     other = f"sqlite:///{tmp_path / 'again.db'}"
