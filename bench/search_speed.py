@@ -17,7 +17,8 @@ Three parts, each printing its inputs and ratios:
   lies outside is sampling, storage writes, measuring, test evaluation and artifacts).
 - ``e2e``: plain Optuna (its default sampler for two objectives, no pruning, the reference loop of
   bench/trainer.py as objective, the same space, images and recipe) for ``--trials`` trials; then
-  mixsearch (its defaults: TPE, the ``pareto`` pruner) on the same space for at most the baseline's
+  mixsearch (its defaults: TPE, the ``pareto`` pruner; latency is not timed, since the spec
+  searches accuracy against params) on the same space for at most the baseline's
   wall time (and at most 4× its trials). Printed: the
   baseline's wall time and final hypervolume, and the time mixsearch took to reach that
   hypervolume, as a ratio.
