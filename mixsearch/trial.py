@@ -199,18 +199,17 @@ def train_with_pruning(trial: optuna.Trial, model: torch.nn.Module, spec: Spec, 
                        reporter: Reporter, trainer: Callable[..., TrainResult] | None = None) -> TrainResult:
     """Train, asking the pruner after each epoch; a pruned or diverged trial raises TrialPruned."""
     model.to(splits.train_x.device)
-    views = None
     curve: list[EpochResult] = []
 
     def on_epoch(result: EpochResult) -> bool:
-        nonlocal views
         curve.append(result)
         trial.set_user_attr("curve", [epoch_dict(r) for r in curve])
         reporter.epoch_done(trial.number, result, recipe.epochs)
         if result.epoch >= recipe.epochs:
             return False
-        if views is None:  # the finished trials do not change while one worker trains
-            views = finished_views(trial.study, list(spec.objectives))
+        # Read afresh at every epoch: other workers' trials finish while this one trains, and a
+        # pruner that judged against the trials known at its first epoch would prune less.
+        views = finished_views(trial.study, list(spec.objectives))
         reason = pruner.prune_reason(
             TrialView(trial.number, [r.val_accuracy for r in curve], static_objectives(spec, static)),
             views, recipe.epochs)

@@ -1,11 +1,19 @@
 """Steps of one trial, each run alone on a real SQLite study."""
 
+from types import SimpleNamespace
+
 import optuna
+import pytest
+import torch
 from optuna.trial import TrialState
 
+from conftest import TINY_SPEC, merge
 from mixsearch.measure import StaticMetrics
 from mixsearch.measure.memory import MemoryProfile
-from mixsearch.trial import check_constraints, find_duplicate
+from mixsearch.pruning import ParetoPruner
+from mixsearch.spec import parse_spec
+from mixsearch.train import EpochResult, TrainRecipe, TrainResult
+from mixsearch.trial import Reporter, check_constraints, find_duplicate, train_with_pruning
 
 
 def sqlite_study(tmp_path, directions=("maximize", "minimize")):
@@ -39,10 +47,13 @@ def test_duplicate_step_finds_the_finished_trial_with_the_same_arch_hash(tmp_pat
     assert pruned == 0
 
 
+# The figures of a linear classifier of 28x28 images: 7,850 params.
+LINEAR = StaticMetrics(params=7850, flops=15680, inference_params=7850, inference_flops=15680,
+                       memory=MemoryProfile(31400, 3176, 3176, "linear", ("linear",)))
+
+
 def test_constraints_step_marks_an_arch_infeasible_with_its_reason(tmp_path):
-    # The figures of a linear classifier of 28x28 images: 7,850 params.
-    static = StaticMetrics(params=7850, flops=15680, inference_params=7850, inference_flops=15680,
-                           memory=MemoryProfile(31400, 3176, 3176, "linear", ("linear",)))
+    static = LINEAR
     study = sqlite_study(tmp_path)
 
     tight = study.ask()
@@ -59,3 +70,35 @@ def test_constraints_step_marks_an_arch_infeasible_with_its_reason(tmp_path):
     first, second = study.get_trials()
     assert first.constraints == {"params": (7850 - 5000) / 5000}  # relative violation, > 0: infeasible
     assert second.constraints == {"params": (7850 - 10000) / 10000}
+
+
+def test_the_pruner_sees_the_trials_other_workers_finish_while_this_one_trains(tmp_path):
+    """With several workers, trials finish while one trains; each epoch's decision counts them."""
+    study = sqlite_study(tmp_path)
+    spec = parse_spec(merge(TINY_SPEC, {"train": {"epochs": 4}}), "tiny.yaml")
+    ours = study.ask()
+
+    def theirs_finish():  # two of another worker's trials: smaller than ours, and far more accurate
+        for params in (2_000, 3_000):
+            theirs = study.ask()
+            theirs.set_user_attr("curve", [{"epoch": e, "val_accuracy": a}
+                                           for e, a in enumerate([0.80, 0.85, 0.88, 0.90], 1)])
+            theirs.set_user_attr("params", params)
+            study.tell(theirs, [0.90, params])
+
+    def trainer(model, splits, recipe, seed, on_epoch):
+        result = TrainResult()
+        for epoch, accuracy in enumerate([0.30, 0.31, 0.32, 0.33], 1):
+            if epoch == 2:  # after this trial's first pruning decision, with nothing finished yet
+                theirs_finish()
+            result.curve.append(EpochResult(epoch, 1.0, accuracy, 0.1))
+            if on_epoch(result.curve[-1]):
+                result.stopped_early = True
+                break
+        return result
+
+    pruner = ParetoPruner(warmup_epochs=1, margin=0.01, min_finished=2)
+    with pytest.raises(optuna.TrialPruned, match="dominated by trial"):
+        train_with_pruning(ours, torch.nn.Linear(1, 1), spec, SimpleNamespace(train_x=torch.zeros(1)),
+                           TrainRecipe(epochs=4), LINEAR, pruner, 0, Reporter(), trainer)
+    assert ours.user_attrs["epochs_run"] == 2 and ours.user_attrs["pruned_epoch"] == 2
