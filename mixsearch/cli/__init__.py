@@ -63,8 +63,8 @@ def entry() -> None:
         sys.stderr.flush()
         os._exit(code)
     # Everything alive now stays alive until the process ends. Frozen, the interpreter's shutdown
-    # collections skip it instead of walking every object torch made: 0.6-0.8 s less per command
-    # (docs/performance.md). Files, storages and atexit hooks close and flush as before.
+    # collections skip it instead of walking every object torch made: about a second less per
+    # command (docs/performance.md). Files, storages and atexit hooks close and flush as before.
     gc.freeze()
     sys.exit(code)
 

@@ -22,9 +22,9 @@ from ..choices import Rule
 from .latency import RUNTIMES, Latency, measure_latency, reference_latency, runtime_description
 from .sizes import StaticSizes, count_flops, count_params, static_sizes
 
-__all__ = ["DEFAULT_MIN_TIME", "LATENCY_WHEN", "MEASURE_RULES", "MeasureConfig", "RUNTIMES", "STATIC_ATTRS", "StaticMetrics",
-           "StaticSizes", "count_flops", "count_params", "measure_static", "reference_latency", "runtime_description",
-           "static_sizes", "stored_latency"]
+__all__ = ["DEFAULT_MIN_TIME", "LATENCY_WHEN", "MEASURE_RULES", "MeasureConfig", "RUNTIMES", "STATIC_ATTRS",
+           "StaticMetrics", "StaticSizes", "count_flops", "count_params", "measure_static", "reference_latency",
+           "runtime_description", "static_sizes", "stored_latency"]
 
 
 # Seconds of timed runs per arch unless the spec says. Eager torch repeats worse than onnxruntime
