@@ -4,7 +4,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import cli_env
+import yaml
+from conftest import TINY_SPEC, cli_env
 from optuna.trial import TrialState
 
 from mixsearch.arch import arch_from_dict
@@ -21,7 +22,17 @@ SPACES = sorted(Path(__file__).resolve().parents[1].joinpath("spaces").glob("*.y
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
 def test_shipped_specs_validate(path, capsys):
     assert main(["validate", str(path)]) == 0
-    assert "is valid" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "is valid" in out
+    # every shipped spec searches latency or, for its reproduction tables, asks for it
+    assert "latency: timed in onnxruntime for every trial" in out
+
+
+def test_validate_says_when_latency_is_not_timed(tmp_path, capsys):
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_SPEC))
+    assert main(["validate", str(tmp_path / "tiny.yaml")]) == 0
+    assert ("latency: not timed: not an objective or constraint (measure.latency: always)"
+            in capsys.readouterr().out)
 
 
 def test_the_command_freezes_its_objects_before_the_interpreter_shuts_down(tmp_path):

@@ -134,6 +134,9 @@ def print_spec_check(spec, check) -> None:
     console.print(table)
     console.print(f"family {spec.space.family}; objectives {', '.join(spec.objectives)}; sampler {spec.study.sampler}; "
                   f"pruner {spec.study.pruner}", highlight=False)
+    console.print(f"latency: timed in {spec.measure.runtime} for every trial" if spec.times_latency else
+                  "latency: not timed: not an objective or constraint (measure.latency: always)",
+                  highlight=False)
     console.print("space size: " + (f"{check.size:,} configurations" if check.size is not None
                                     else "continuous (infinite)"), highlight=False)
 
