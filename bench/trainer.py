@@ -125,7 +125,8 @@ def reference_train(model, train_set, test_set, epochs: int) -> float:
             loss.backward()
             optimizer.step()
         accuracy = reference_accuracy(model, test_loader)
-        print(f"  epoch test accuracy {accuracy:.4f}", end="\r", flush=True)
+        if sys.stdout.isatty():  # a progress line that the next one overwrites; in a log it would pile up
+            print(f"  epoch test accuracy {accuracy:.4f}", end="\r", flush=True)
     return accuracy
 
 
