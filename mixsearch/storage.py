@@ -48,6 +48,39 @@ GRACE_SECONDS = 30
 JOURNAL_SUFFIXES = (".log", ".jsonl", ".journal")
 
 
+class JournalFlock:
+    """The lock around a journal's appends: an OS lock (``flock``) on the journal file itself.
+    ``JournalFileBackend`` takes it as its ``lock_obj`` (it calls ``acquire`` and ``release``).
+
+    Optuna's own journal locks are lock files beside the journal, and with several workers two
+    things about them hurt: a worker that dies holding one (killed, out of memory) stalls every
+    other worker for a 30-s grace period; and a Ctrl-C that lands while a worker waits for one
+    removes the lock of the worker that holds it (their acquire releases on any exception), so that
+    two may append at once. The OS drops a flock when its holder's file is closed or the holder
+    dies, and an interrupted wait holds nothing. Readers never lock; every mixsearch command opens
+    journals with this lock (``optuna-dashboard`` too, through ``mixsearch dashboard``).
+    """
+
+    def __init__(self, journal: str):
+        self._journal = journal
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self._journal, os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # the only descriptor of this open file: closing it drops the flock
+
+
 def default_storage_url(study_name: str, directory: str | Path = "studies") -> str:
     return f"sqlite:///{Path(directory) / (study_name + '.db')}"
 
@@ -88,7 +121,7 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
             raise UsageError(f"storage {shown}: no such journal file")
         _check_parent(path, shown, create)
         try:
-            return JournalStorage(JournalFileBackend(str(path)))
+            return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFlock(str(path))))
         except Exception as exc:  # Optuna replays the whole file: garbage fails in many ways
             raise MixsearchError(f"storage {shown}: {path} is not a readable Optuna journal (corrupted or another "
                                  f"kind of file: {exc.__class__.__name__})") from None

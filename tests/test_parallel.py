@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -9,7 +15,7 @@ import pytest
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from conftest import cli_env, run_cli
+from conftest import cli_env, kill_tree, run_cli
 
 
 def test_three_workers_reach_exactly_the_requested_trials(tmp_path, write_spec):
@@ -119,9 +125,6 @@ def test_workers_stop_when_their_parent_is_killed(tmp_path, write_spec):
 def test_run_jobs_starts_its_workers_before_it_imports_torch_or_optuna(tmp_path, write_spec):
     """Those imports take seconds; the workers' own overlap the parent's only if it starts them first.
     The storage URL reaches the workers later, through a pipe: a password stays off command lines."""
-    import subprocess
-    import sys
-
     url = "postgresql://mix:hunter2@127.0.0.1:9/search"
     probe = ("import subprocess, sys\n"
              "def first_worker(command, **kwargs):\n"
@@ -176,8 +179,6 @@ def test_workers_queue_the_enqueued_entries_once_and_pass_repeats_on(tmp_path, w
 
 
 def test_a_joining_worker_waits_for_the_study_and_then_works_on_it(tmp_path, write_spec):
-    import time
-
     from conftest import start_cli
 
     spec = write_spec(train={"epochs": 2})
@@ -199,7 +200,6 @@ def test_a_joining_worker_waits_for_the_study_and_then_works_on_it(tmp_path, wri
 def _one_finished_and_theirs_running(tmp_path):
     """(spec, url, the study as another worker sees it, that worker's trial): the tiny study in a
     SQLite file with one finished trial and one of another worker under way."""
-    import os
     import socket
 
     from conftest import TINY_SPEC
@@ -275,3 +275,84 @@ def test_only_the_worker_whose_trial_ends_last_draws_the_final_plots(tmp_path, m
     summary = study_module.run_study(spec, storage_url=url, trials=3, reporter=FinishTheirs())
     assert summary.finished == 3
     assert drawn == ([3] if theirs_ends == "first" else [])
+
+
+# -- the journal's lock ---------------------------------------------------------------------------
+
+_HOLD_LOCK = """
+import sys, time
+from mixsearch.storage import JournalFlock
+JournalFlock(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+_APPEND = """
+import sys
+import optuna
+from mixsearch.storage import open_storage
+storage = open_storage("journal:" + sys.argv[1])
+print("appending", flush=True)
+optuna.create_study(storage=storage, study_name="second")
+print("appended", flush=True)
+"""
+
+
+def _python(code: str, *args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=cli_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _lock_is_held(journal: Path) -> bool:
+    fd = os.open(journal, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def test_a_worker_killed_while_it_holds_the_journal_lock_does_not_stall_the_others(tmp_path):
+    journal = tmp_path / "study.log"
+    journal.touch()
+    holder, appender = _python(_HOLD_LOCK, journal), None
+    try:
+        assert holder.stdout.readline().strip() == "held", holder.stderr.read()
+        appender = _python(_APPEND, journal)
+        assert appender.stdout.readline().strip() == "appending", appender.stderr.read()
+        with pytest.raises(subprocess.TimeoutExpired):
+            appender.wait(timeout=3)  # its append waits for the holder
+        holder.send_signal(signal.SIGKILL)  # dies holding the lock, as a worker killed for memory would
+        out, err = appender.communicate(timeout=15)  # Optuna's lock files would stall it for 30 s
+        assert appender.returncode == 0 and "appended" in out, err
+    finally:
+        for process in (holder, appender):
+            if process is not None:
+                kill_tree(process)
+    assert [s.study_name for s in optuna.get_all_study_summaries(JournalStorage(JournalFileBackend(str(journal))))] \
+        == ["second"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.log"]  # no lock file left beside it
+
+
+def test_a_ctrl_c_while_waiting_for_the_journal_lock_leaves_the_holder_its_lock(tmp_path):
+    journal = tmp_path / "study.log"
+    journal.touch()
+    holder, appender = _python(_HOLD_LOCK, journal), None
+    try:
+        assert holder.stdout.readline().strip() == "held", holder.stderr.read()
+        appender = _python(_APPEND, journal)
+        assert appender.stdout.readline().strip() == "appending", appender.stderr.read()
+        time.sleep(1)
+        appender.send_signal(signal.SIGINT)
+        _, err = appender.communicate(timeout=15)
+        assert appender.returncode != 0 and "KeyboardInterrupt" in err
+        # Optuna's lock files: the interrupted waiter removed the holder's lock on its way out.
+        assert holder.poll() is None and _lock_is_held(journal)
+    finally:
+        for process in (holder, appender):
+            if process is not None:
+                kill_tree(process)
+    assert not _lock_is_held(journal)  # and the holder's death released it
+    assert optuna.get_all_study_summaries(JournalStorage(JournalFileBackend(str(journal)))) == []
