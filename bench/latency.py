@@ -15,6 +15,7 @@ and as plain time on the thread's clock, with no reference. It prints per runtim
 - Kendall τ between the first search-time measurement and each careful one (goal ≥ 0.95);
 - the median relative spread of the two search-time measurements of one arch, |a - b| / mean(a, b)
   (goal ≤ 2%), and the spread of two timings of the reference network itself (two studies' figures);
+- which pairs of archs swap places, and how far apart they lie in the careful measurement;
 - the measurement cost per arch (export, session, timing; or timing alone for torch) against the
   median training time of a default-study trial (goal ≤ 5%). That training time is one epoch of the
   default recipe on the default data, timed for every drawn Mixer arch (``--train-archs``), times
@@ -68,6 +69,24 @@ def kendall_tau(a: list[float], b: list[float]) -> float:
                 discordant += 1
     denominator = ((concordant + discordant + ties_a) * (concordant + discordant + ties_b)) ** 0.5
     return (concordant - discordant) / denominator if denominator else float("nan")
+
+
+def swapped_gaps(a: list[float], b: list[float], truth: list[float]) -> list[float]:
+    """For each pair of archs that ``a`` and ``b`` order differently: how far apart the two lie in
+    ``truth`` (relative to the faster). Says whether the swaps are of archs a deployment could tell apart."""
+    gaps = []
+    for i in range(len(a)):
+        for j in range(i + 1, len(a)):
+            if (a[i] - a[j]) * (b[i] - b[j]) < 0:
+                gaps.append(abs(truth[i] - truth[j]) / min(truth[i], truth[j]))
+    return gaps
+
+
+def describe_swaps(gaps: list[float], pairs: int) -> str:
+    if not gaps:
+        return f"0 of {pairs} pairs swapped"
+    return (f"{len(gaps)} of {pairs} pairs swapped, {sum(g <= 0.01 for g in gaps)} of them within 1% of each other "
+            f"in the careful figure, the farthest {max(gaps):.1%} apart")
 
 
 def draw_archs(spec_path: Path, count: int, seed: int):
@@ -155,7 +174,7 @@ def main() -> None:
     epochs = spec.sample_recipe(optuna.create_study().ask()).epochs
     print(f"default-study trial training time (median of {len(trained)} archs, 1 epoch x {epochs}): "
           f"{train_seconds:.1f} s")
-    rows = []
+    rows, swaps = [], []
     for runtime in RUNTIMES:
         min_time = min_times[runtime]
         reference_ms = reference_latency(input_shape, runtime, 1, 1, min_time)  # as a study does when created
@@ -169,6 +188,9 @@ def main() -> None:
         cost = statistics.median(costs)
         rows.append((runtime, kendall_tau(first, second), kendall_tau(first, careful), kendall_tau(first, plain),
                      spread, reference_spread, cost, cost / train_seconds, min(careful), max(careful)))
+        pairs = len(archs) * (len(archs) - 1) // 2
+        swaps.append(f"{runtime}: search vs search: {describe_swaps(swapped_gaps(first, second, careful), pairs)}; "
+                     f"search vs careful: {describe_swaps(swapped_gaps(first, careful, careful), pairs)}")
 
     print()
     print("| runtime | τ search vs search | τ search vs careful | τ search vs careful plain time | median spread "
@@ -178,6 +200,8 @@ def main() -> None:
         print(f"| {runtime} | {tau_repeat:.3f} | {tau_careful:.3f} | {tau_plain:.3f} | {spread:.1%} | "
               f"{reference_spread:.1%} | {cost * 1e3:.0f} ms | {share:.1%} | {low:.3f}–{high:.3f} ms |")
     print("goals: τ ≥ 0.95, spread ≤ 2%, cost ≤ 5% of a trial's training")
+    print()
+    print("\n".join(swaps))
 
 
 if __name__ == "__main__":
