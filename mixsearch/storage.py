@@ -9,6 +9,7 @@ trial forever.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import re
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import optuna
 from optuna.storages import RDBStorage
-from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 
 from .errors import MixsearchError, UsageError
 
@@ -48,6 +49,10 @@ GRACE_SECONDS = 30
 JOURNAL_SUFFIXES = (".log", ".jsonl", ".journal")
 
 
+# What flock raises on a file system that does not support it.
+NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+
+
 class JournalFlock:
     """The lock around a journal's appends: an OS lock (``flock``) on the journal file itself.
     ``JournalFileBackend`` takes it as its ``lock_obj`` (it calls ``acquire`` and ``release``).
@@ -58,17 +63,27 @@ class JournalFlock:
     removes the lock of the worker that holds it (their acquire releases on any exception), so that
     two may append at once. The OS drops a flock when its holder's file is closed or the holder
     dies, and an interrupted wait holds nothing. Readers never lock; every mixsearch command opens
-    journals with this lock (``optuna-dashboard`` too, through ``mixsearch dashboard``).
+    journals with this lock (``optuna-dashboard`` too, through ``mixsearch dashboard``). On a file
+    system without flock it falls back to Optuna's lock file.
     """
 
     def __init__(self, journal: str):
         self._journal = journal
         self._fd: int | None = None
+        self._fallback: JournalFileSymlinkLock | None = None  # where the file system has no flock
 
     def acquire(self) -> bool:
+        if self._fallback is not None:
+            return self._fallback.acquire()
         fd = os.open(self._journal, os.O_RDONLY | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in NO_FLOCK:
+                raise
+            self._fallback = JournalFileSymlinkLock(self._journal)  # some FUSE and network file systems
+            return self._fallback.acquire()
         except BaseException:
             os.close(fd)
             raise
@@ -76,6 +91,9 @@ class JournalFlock:
         return True
 
     def release(self) -> None:
+        if self._fallback is not None:
+            self._fallback.release()
+            return
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)  # the only descriptor of this open file: closing it drops the flock

@@ -356,3 +356,25 @@ def test_a_ctrl_c_while_waiting_for_the_journal_lock_leaves_the_holder_its_lock(
                 kill_tree(process)
     assert not _lock_is_held(journal)  # and the holder's death released it
     assert optuna.get_all_study_summaries(JournalStorage(JournalFileBackend(str(journal)))) == []
+
+
+def test_a_journal_on_a_file_system_without_flock_falls_back_to_optunas_lock_file(tmp_path, monkeypatch):
+    import errno
+
+    import mixsearch.storage as storage
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    made = []
+    optunas_lock = storage.JournalFileSymlinkLock
+    monkeypatch.setattr(storage.fcntl, "flock", no_flock)
+    monkeypatch.setattr(storage, "JournalFileSymlinkLock", lambda path: made.append(path) or optunas_lock(path))
+    journal = tmp_path / "study.log"
+    study = optuna.create_study(storage=storage.open_storage(f"journal:{journal}"), study_name="fallback")
+    study.set_user_attr("appended", 2)
+    assert made == [str(journal)]  # one fallback lock, made at the first append and kept
+    monkeypatch.undo()
+    reread = optuna.load_study(study_name="fallback", storage=JournalStorage(JournalFileBackend(str(journal))))
+    assert reread.user_attrs == {"appended": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.log"]  # its lock file went after each append
