@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -314,48 +315,50 @@ def _lock_is_held(journal: Path) -> bool:
         os.close(fd)
 
 
-def test_a_worker_killed_while_it_holds_the_journal_lock_does_not_stall_the_others(tmp_path):
-    journal = tmp_path / "study.log"
+@contextmanager
+def _appender_waiting_on_a_holder(journal: Path):
+    """(holder, appender): one process holds the journal's lock; another, going through
+    ``open_storage``, has started an append. Both are killed afterwards."""
     journal.touch()
     holder, appender = _python(_HOLD_LOCK, journal), None
     try:
         assert holder.stdout.readline().strip() == "held", holder.stderr.read()
         appender = _python(_APPEND, journal)
         assert appender.stdout.readline().strip() == "appending", appender.stderr.read()
+        yield holder, appender
+    finally:
+        for process in (holder, appender):
+            if process is not None:
+                kill_tree(process)
+
+
+def _study_names(journal: Path) -> list[str]:
+    return [s.study_name for s in optuna.get_all_study_summaries(JournalStorage(JournalFileBackend(str(journal))))]
+
+
+def test_a_worker_killed_while_it_holds_the_journal_lock_does_not_stall_the_others(tmp_path):
+    journal = tmp_path / "study.log"
+    with _appender_waiting_on_a_holder(journal) as (holder, appender):
         with pytest.raises(subprocess.TimeoutExpired):
             appender.wait(timeout=3)  # its append waits for the holder
         holder.send_signal(signal.SIGKILL)  # dies holding the lock, as a worker killed for memory would
         out, err = appender.communicate(timeout=15)  # Optuna's lock files would stall it for 30 s
         assert appender.returncode == 0 and "appended" in out, err
-    finally:
-        for process in (holder, appender):
-            if process is not None:
-                kill_tree(process)
-    assert [s.study_name for s in optuna.get_all_study_summaries(JournalStorage(JournalFileBackend(str(journal))))] \
-        == ["second"]
+    assert _study_names(journal) == ["second"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.log"]  # no lock file left beside it
 
 
 def test_a_ctrl_c_while_waiting_for_the_journal_lock_leaves_the_holder_its_lock(tmp_path):
     journal = tmp_path / "study.log"
-    journal.touch()
-    holder, appender = _python(_HOLD_LOCK, journal), None
-    try:
-        assert holder.stdout.readline().strip() == "held", holder.stderr.read()
-        appender = _python(_APPEND, journal)
-        assert appender.stdout.readline().strip() == "appending", appender.stderr.read()
+    with _appender_waiting_on_a_holder(journal) as (holder, appender):
         time.sleep(1)
         appender.send_signal(signal.SIGINT)
         _, err = appender.communicate(timeout=15)
         assert appender.returncode != 0 and "KeyboardInterrupt" in err
         # Optuna's lock files: the interrupted waiter removed the holder's lock on its way out.
         assert holder.poll() is None and _lock_is_held(journal)
-    finally:
-        for process in (holder, appender):
-            if process is not None:
-                kill_tree(process)
     assert not _lock_is_held(journal)  # and the holder's death released it
-    assert optuna.get_all_study_summaries(JournalStorage(JournalFileBackend(str(journal)))) == []
+    assert _study_names(journal) == []
 
 
 def test_a_journal_on_a_file_system_without_flock_falls_back_to_optunas_lock_file(tmp_path, monkeypatch):
