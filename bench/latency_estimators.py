@@ -2,6 +2,7 @@
 
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/latency_estimators.py [--seed 0] [--runtime torch]
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/latency_estimators.py --stopping [--seed 0]
+    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/latency_estimators.py --halves [--seed 0]
 
 Draws the archs bench/latency.py draws (20 from spaces/mnist.yaml, 10 from
 spaces/mnist-mobilenet.yaml), measures each twice in the runtime as a trial does (fresh export and
@@ -18,6 +19,13 @@ timed first as a study does). Every arch is measured twice by every rule, the ru
 order per arch, so a slow spell of the machine falls on all of them alike; printed: τ between the
 two measurements of each rule, their median spread, and the seconds one measurement took (arch
 and reference blocks). About three minutes.
+
+``--halves`` compares one measurement of ``--min-time`` (as trials take it, ``time_relative``)
+with the faster of two measurements of half that time taken a whole pass over the other archs
+apart, as a trial could time half before its training and half after. Both are taken twice;
+printed: τ between the two, τ of the first against a careful figure (the median of three
+measurements of twice the time), the median spread and the pairs of archs swapped. About two
+minutes.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from latency import draw_archs, kendall_tau  # noqa: E402
+from latency import draw_archs, kendall_tau, swapped_gaps  # noqa: E402
 
 from mixsearch.measure import latency as timing  # noqa: E402
 from mixsearch.models import build_model, inference_model  # noqa: E402
@@ -86,6 +94,38 @@ def stopping_rules(archs, runtime: str, seed: int) -> None:
         print(f"| {name} | {kendall_tau(one, two):.3f} | {spread:.1%} | {statistics.mean(seconds[name]):.3f} |")
 
 
+def halves_against_one(archs, runtime: str, seed: int, min_time: float) -> None:
+    """One measurement of ``min_time`` against the faster of two of half that time, taken a whole
+    pass over the other archs apart (about 15 s, as a trial's training would separate them)."""
+    shape = archs[0][1]
+    reference = timing.Reference(timing.reference_call(tuple(shape), runtime, 1, 1),
+                                 timing.reference_latency(tuple(shape), runtime, 1, 1, min_time))
+    calls = []
+    for arch, input_shape in archs:  # one session per arch: a session has no speed of its own
+        torch.manual_seed(0)
+        calls.append(timing.runtime_call(inference_model(build_model(arch)), timing._example(input_shape, 1),
+                                         runtime, 1))
+    whole: list[list[float]] = [[], []]
+    halves: list[list[list[float]]] = [[[] for _ in calls], [[] for _ in calls]]
+    for repeat in range(2):
+        for part in range(2):  # the whole measurement sits beside the first half, in the same pass
+            for i, call in enumerate(calls):
+                if part == 0:
+                    whole[repeat].append(timing.time_relative(call, reference, min_time).ms)
+                halves[repeat][i].append(timing.time_relative(call, reference, min_time / 2).ms)
+    careful = [statistics.median(timing.time_relative(call, reference, 2 * min_time).ms for _ in range(3))
+               for call in calls]
+    rules = {f"one measurement of {min_time:g} s (used)": whole,
+             f"the faster of two of {min_time / 2:g} s, a pass apart": [[min(h) for h in halves[r]] for r in range(2)]}
+    print(f"{len(archs)} archs, {runtime}, each measured twice by both rules, seed {seed}\n")
+    print("| rule | τ between the two | τ first vs careful | median spread | pairs swapped between the two |\n"
+          "| --- | --- | --- | --- | --- |")
+    for name, (one, two) in rules.items():
+        spread = statistics.median(abs(x - y) / ((x + y) / 2) for x, y in zip(one, two))
+        print(f"| {name} | {kendall_tau(one, two):.3f} | {kendall_tau(one, careful):.3f} | {spread:.1%} | "
+              f"{len(swapped_gaps(one, two, careful))} |")
+
+
 def quantile(values: list[float], q: float) -> float:
     """The value at quantile ``q`` of ``values`` (no interpolation)."""
     ordered = sorted(values)
@@ -114,6 +154,8 @@ def main() -> None:
     parser.add_argument("--runtime", choices=timing.RUNTIMES, default="onnxruntime")
     parser.add_argument("--careful-factor", type=int, default=10)
     parser.add_argument("--stopping", action="store_true", help="compare stopping rules instead of estimators")
+    parser.add_argument("--halves", action="store_true",
+                        help="compare one measurement with the faster of two half-length ones taken apart")
     args = parser.parse_args()
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -122,6 +164,9 @@ def main() -> None:
     archs = [(a, mixer_shape) for a in mixers] + [(a, mobile_shape) for a in mobiles]
     if args.stopping:
         stopping_rules(archs, args.runtime, args.seed)
+        return
+    if args.halves:
+        halves_against_one(archs, args.runtime, args.seed, args.min_time)
         return
     first = [raw_blocks(a, shape, args.runtime, args.min_time) for a, shape in archs]
     second = [raw_blocks(a, shape, args.runtime, args.min_time) for a, shape in archs]
