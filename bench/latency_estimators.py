@@ -59,11 +59,16 @@ def raw_blocks(arch, input_shape, runtime: str, min_time: float) -> tuple[list[f
     return timing.interleaved_blocks(call, reference, min_time)
 
 
+def study_reference(archs, runtime: str, min_time: float) -> timing.Reference:
+    """The reference network and its figure, timed as a study does when it is created."""
+    shape = tuple(archs[0][1])  # both spaces take MNIST images: one reference serves them
+    return timing.Reference(timing.reference_call(shape, runtime, 1, 1),
+                            timing.reference_latency(shape, runtime, 1, 1, min_time))
+
+
 def stopping_rules(archs, runtime: str, seed: int) -> None:
     """τ, spread and seconds per measurement of each stopping rule (see the module's docstring)."""
-    shape = archs[0][1]  # both spaces take MNIST images: one reference serves them
-    reference = timing.Reference(timing.reference_call(tuple(shape), runtime, 1, 1),
-                                 timing.reference_latency(tuple(shape), runtime, 1, 1, 0.2))
+    reference = study_reference(archs, runtime, 0.2)
 
     def fixed(seconds):
         def measure(call):
@@ -97,9 +102,7 @@ def stopping_rules(archs, runtime: str, seed: int) -> None:
 def halves_against_one(archs, runtime: str, seed: int, min_time: float) -> None:
     """One measurement of ``min_time`` against the faster of two of half that time, taken a whole
     pass over the other archs apart (about 15 s, as a trial's training would separate them)."""
-    shape = archs[0][1]
-    reference = timing.Reference(timing.reference_call(tuple(shape), runtime, 1, 1),
-                                 timing.reference_latency(tuple(shape), runtime, 1, 1, min_time))
+    reference = study_reference(archs, runtime, min_time)
     calls = []
     for arch, input_shape in archs:  # one session per arch: a session has no speed of its own
         torch.manual_seed(0)

@@ -82,9 +82,9 @@ def test_ctrl_c_stops_every_worker_cleanly(tmp_path, write_spec):
     spec = write_spec(train=LONG_TRIALS)
     journal = tmp_path / "studies" / "tiny.log"
     process = start_cli(["run", spec, "--jobs", "2", "--trials", "6"], tmp_path)
-    # 120 s: once, in a whole-suite run, a worker still waited on the journal's lock file 60 s after
-    # the Ctrl-C (30 runs of this test alone stopped in 8-11 s). Optuna takes a lock file back from
-    # a holder that left it behind after 30 s; the cause of that wait is not known.
+    # 120 s: once, in a whole-suite run, a worker still waited on Optuna's journal lock file 60 s
+    # after the Ctrl-C (30 runs of this test alone stopped in 8-11 s). Journals are now locked with
+    # flock (the tests at the end of this file), which a Ctrl-C or a dead holder cannot leave behind.
     _, stdout, stderr = interrupt_when(process, _two_trials_training(journal), "two RUNNING trials with an epoch",
                                        timeout=120)
     assert process.returncode == 130, stderr
