@@ -6,7 +6,9 @@ Archs are drawn with Optuna's RandomSampler from the spaces of spaces/mnist.yaml
 spaces/mnist-mobilenet.yaml (distinct archs only). For each runtime (onnxruntime, torch) the
 reference network is timed as a study does when it is created, then every arch is measured as the
 search measures it (a fresh model, export and session, the runtime's default ``latency_min_time``,
-against that reference figure) twice, independently, and then carefully: ``--careful-factor`` times the
+against that reference figure, in two halves: the first for every arch, then the second for every
+arch, so that seconds pass between an arch's halves as a trial's training puts them apart) twice,
+independently, and then carefully: ``--careful-factor`` times the
 time, in interleaved rounds (every arch once per round) so that a slow spell of the machine hits
 all archs alike. The careful measurement is taken twice: the same way (against the reference),
 and as plain time on the thread's clock, with no reference. It prints per runtime:
@@ -43,7 +45,7 @@ from mixsearch.data import dataset_info, load_splits  # noqa: E402
 from mixsearch.errors import ArchError  # noqa: E402
 from mixsearch.measure import MeasureConfig  # noqa: E402
 from mixsearch.measure.latency import (measure_latency, reference_latency, runtime_call,  # noqa: E402
-                                       time_calls)
+                                       start_latency, time_calls)
 from mixsearch.models import build_model, inference_model  # noqa: E402
 from mixsearch.spec import load_spec  # noqa: E402
 from mixsearch.train import train  # noqa: E402
@@ -108,13 +110,25 @@ def draw_archs(spec_path: Path, count: int, seed: int):
     return spec, input_shape, archs
 
 
-def search_time(arch, input_shape, runtime: str, min_time: float, reference_ms: float) -> tuple[float, float]:
-    """(median ms, seconds spent) of one measurement as a trial makes it: fresh model, export, session."""
-    torch.manual_seed(0)
-    model = inference_model(build_model(arch))
-    started = time.perf_counter()
-    latency = measure_latency(model, input_shape, runtime, 1, 1, min_time, reference_ms)
-    return latency.ms, time.perf_counter() - started
+def search_times(archs, input_shape, runtime: str, min_time: float, reference_ms: float,
+                 ) -> tuple[list[float], list[float]]:
+    """(ms, seconds spent) per arch, measured as trials measure them: a fresh model, export, session
+    and the first half of the time for each arch, then the second half for each. An arch's halves
+    lie one pass over all archs apart (about 10 s for 30 archs), as a trial's training sets them."""
+    splits, costs = [], []
+    for arch in archs:
+        torch.manual_seed(0)
+        model = inference_model(build_model(arch))
+        started = time.perf_counter()
+        splits.append(start_latency(model, input_shape, runtime, 1, 1, min_time, reference_ms))
+        costs.append(time.perf_counter() - started)
+    figures = []
+    for i, split in enumerate(splits):
+        started = time.perf_counter()
+        figures.append(split.time_half().ms)
+        split.close()
+        costs[i] += time.perf_counter() - started
+    return figures, costs
 
 
 def careful_times(archs, input_shape, runtime: str, seconds: float, rounds: int, reference_ms: float):
@@ -179,8 +193,8 @@ def main() -> None:
         min_time = min_times[runtime]
         reference_ms = reference_latency(input_shape, runtime, 1, 1, min_time)  # as a study does when created
         reference_again = reference_latency(input_shape, runtime, 1, 1, min_time)
-        first, costs = zip(*(search_time(a, input_shape, runtime, min_time, reference_ms) for a in archs))
-        second = [search_time(a, input_shape, runtime, min_time, reference_ms)[0] for a in archs]
+        first, costs = search_times(archs, input_shape, runtime, min_time, reference_ms)
+        second, _ = search_times(archs, input_shape, runtime, min_time, reference_ms)
         careful, plain = careful_times(archs, input_shape, runtime, min_time * args.careful_factor, args.rounds,
                                        reference_ms)
         spread = statistics.median(abs(a - b) / ((a + b) / 2) for a, b in zip(first, second))

@@ -60,7 +60,7 @@ def retrain(path: str | Path, out_dir: str | Path = "retrained", epochs: int | N
     (with the same number of torch threads). Writes ``OUT/<name>.yaml`` and its weights.
     """
     from .data import load_splits
-    from .measure import STATIC_ATTRS, MeasureConfig, measure_static
+    from .measure import STATIC_ATTRS, MeasureConfig, finish_static, start_static
     from .models import build_model
     from .train import evaluate, resolve_device, train
     from .trial import epoch_dict
@@ -80,12 +80,14 @@ def retrain(path: str | Path, out_dir: str | Path = "retrained", epochs: int | N
     target = out / f"{exported.path.stem}.yaml"
     if target.resolve() == exported.path.resolve():
         raise UsageError(f"-o {out}: would overwrite {exported.path}; choose another directory")
-    # The same order of random draws as a study trial: seed, build, measure, train.
+    # The same order of random draws as a study trial: seed, build, measure, train; and, as there,
+    # the latency's second half after training.
     torch.manual_seed(seed)
     model = build_model(exported.arch)
-    static = measure_static(exported.arch, model, splits.input_shape, measure)
+    static, split = start_static(exported.arch, model, splits.input_shape, measure)
     model.to(device)
     result = train(model, splits, recipe, seed=seed, on_epoch=on_epoch)
+    static = finish_static(static, split)
     test_accuracy = evaluate(model, splits.test_x, splits.test_y)
 
     try:

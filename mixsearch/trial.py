@@ -1,5 +1,5 @@
-"""One trial, as named steps: sample → static measures → constraints → duplicates → train with
-pruning → more seeds (``study.repeats``) → record.
+"""One trial, as named steps: sample → duplicates → static measures → constraints → train with
+pruning → latency's second half → record → more seeds (``study.repeats``).
 
 Each step is a function of the Optuna trial and what the earlier steps gave, so each can be run
 and tested alone; ``Objective`` only chains them. A step that ends the trial early either returns
@@ -25,7 +25,8 @@ from .arch import Arch, arch_hash
 from .artifacts import save_trial_artifacts
 from .data import Splits
 from .errors import ArchError
-from .measure import STATIC_ATTRS, StaticMetrics, StaticSizes, measure_static, static_sizes, stored_latency
+from .measure import (STATIC_ATTRS, SplitLatency, StaticMetrics, StaticSizes, finish_static, start_static,
+                      static_sizes, stored_latency)
 from .models import build_model
 from .optuna_compat import fail_running_trial
 from .pruning import MultiObjectivePruner, TrialView
@@ -97,21 +98,36 @@ def sample(trial: optuna.Trial, spec: Spec, splits: Splits) -> Sampled:
 # -- 2. static measures --------------------------------------------------------------------------
 
 def build_and_measure(trial: optuna.Trial, sampled: Sampled, spec: Spec, splits: Splits,
-                      seed: int) -> tuple[torch.nn.Module, StaticMetrics]:
-    """Build the model from the trial's seed and record its static figures on the trial."""
+                      seed: int) -> tuple[torch.nn.Module, StaticMetrics, SplitLatency | None]:
+    """Build the model from the trial's seed and record its static figures on the trial.
+
+    The latency is its first half's; the timing that is returned takes the second (``finish_latency``)."""
     trial.set_user_attr("seed", seed)  # `mixsearch train` repeats the trial with it
     torch.manual_seed(seed)
     model = build_model(sampled.arch)
     try:  # a repeat of an arch (any recipe) reuses its latency; an arch ONNX cannot express is impossible
-        static = measure_static(sampled.arch, model, splits.input_shape, spec.measure,
-                                with_latency=spec.times_latency, sizes=sampled.sizes,
-                                stored=stored_latency(trial.study, arch_hash(sampled.arch)),
-                                reference_ms=trial.study.user_attrs.get("latency_reference_ms"))
+        static, split = start_static(sampled.arch, model, splits.input_shape, spec.measure,
+                                     with_latency=spec.times_latency, sizes=sampled.sizes,
+                                     stored=stored_latency(trial.study, arch_hash(sampled.arch)),
+                                     reference_ms=trial.study.user_attrs.get("latency_reference_ms"))
     except ArchError as exc:
         prune(trial, f"impossible arch: {exc}", 0)
     for key, value in static.to_dict().items():
         trial.set_user_attr(key, value)
-    return model, static
+    return model, static, split
+
+
+def finish_latency(trial: optuna.Trial, static: StaticMetrics, split: SplitLatency | None) -> StaticMetrics:
+    """Time the latency's second half and store the figure (the faster half) on the trial.
+
+    Called once training has ended, however it ended: seconds apart from the first half, so that a
+    slow spell of the machine rarely spoils both (``measure.latency.SplitLatency``)."""
+    if split is None:
+        return static
+    static = finish_static(static, split)
+    trial.set_user_attr("latency_ms", static.latency_ms)
+    trial.set_user_attr("latency_iqr_ms", static.latency_iqr_ms)
+    return static
 
 
 def objective_values(spec: Spec, accuracy: float, static: StaticMetrics) -> list[float]:
@@ -124,15 +140,22 @@ def static_objectives(spec: Spec, static: StaticMetrics) -> dict[str, float]:
 
 # -- 3. constraints ------------------------------------------------------------------------------
 
+def constraint_violations(constraints: dict[str, float], static: StaticMetrics) -> list[str]:
+    violations = []
+    for name, bound in constraints.items():
+        value = float(static.objective(name))
+        if value > bound:
+            violations.append(f"{name} {value:g} > {bound:g}")
+    return violations
+
+
 def check_constraints(trial: optuna.Trial, constraints: dict[str, float], static: StaticMetrics) -> list[str]:
     """Record each constraint on the trial; a violated one marks it infeasible. Returns the violations."""
-    violations = []
     for name, bound in constraints.items():
         value = float(static.objective(name))
         # Relative violation: the sampler compares constraints of different units.
         trial.set_constraint(name, (value - bound) / bound if bound else value)
-        if value > bound:
-            violations.append(f"{name} {value:g} > {bound:g}")
+    violations = constraint_violations(constraints, static)
     if violations:
         trial.set_user_attr("infeasible_reason", "; ".join(violations))
         trial.set_user_attr("epochs_run", 0)
@@ -309,13 +332,22 @@ class Objective:
         if original is not None:
             return reuse(trial, original)
         seed = self.seed + trial.number
-        model, static = build_and_measure(trial, sampled, spec, splits, seed)
+        model, static, split = build_and_measure(trial, sampled, spec, splits, seed)
+        if split is not None and constraint_violations(spec.constraints, static):
+            # Out of bounds on the first half alone: the whole measurement decides, and its second
+            # half can only lower the figure.
+            static, split = finish_latency(trial, static, split), None
         if check_constraints(trial, spec.constraints, static):
             # The sampler learns from a complete trial marked infeasible; accuracy 0 keeps it
             # off any front, and best_trials ignores infeasible trials anyway.
             return objective_values(spec, 0.0, static)
-        result = train_with_pruning(trial, model, spec, splits, sampled.recipe, static, self.pruner, seed,
-                                    self.reporter, self.trainer)
+        try:
+            result = train_with_pruning(trial, model, spec, splits, sampled.recipe, static, self.pruner, seed,
+                                        self.reporter, self.trainer)
+        except optuna.TrialPruned:
+            finish_latency(trial, static, split)  # pruned trials keep a figure, as the pruner compares them
+            raise
+        static = finish_latency(trial, static, split)
         first = record_result(trial, model, sampled.arch, splits, result, self.artifact_store)
         if self.repeats == 1:
             return objective_values(spec, first.val_accuracy, static)

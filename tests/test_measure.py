@@ -14,8 +14,8 @@ from conftest import TINY_SPEC, merge, run_cli
 from mixsearch.arch import BlockArch, MixerArch, MobileNetArch
 from mixsearch.errors import ArchError
 from mixsearch.measure import MeasureConfig, measure_static, static_sizes
-from mixsearch.measure.latency import (Reference, ReferenceNetwork, export_onnx_bytes, fastest, measure_latency,
-                                       onnx_call, reference_call, time_relative)
+from mixsearch.measure.latency import (Reference, ReferenceNetwork, SplitLatency, export_onnx_bytes, fastest,
+                                       measure_latency, onnx_call, reference_call, time_relative)
 from mixsearch.measure.memory import peak_memory
 from mixsearch.models import build_model, inference_model
 from mixsearch.spec import parse_spec
@@ -240,6 +240,97 @@ def test_a_process_that_never_reaches_the_studys_reference_figure_extends_once(m
         spent.append(machine.arch_seconds - latency.WARMUP_SECONDS)
     assert spent[0] >= 0.1 * latency.EXTEND_FACTOR
     assert all(0.1 <= seconds < 0.1 + 6e-4 for seconds in spent[1:]), spent
+
+
+class SpellOnTheArchOnly:
+    """A clock and two calls: while ``spell`` is on, the arch runs 1.25× slower and the reference
+    not at all: the kind of slow spell that its reference blocks do not show."""
+
+    def __init__(self):
+        self.now, self.spell, self.arch_seconds = 0.0, False, 0.0
+
+    def arch(self) -> None:
+        cost = 2e-4 * (1.25 if self.spell else 1.0)
+        self.now += cost
+        self.arch_seconds += cost
+
+    def reference(self) -> None:
+        self.now += 1e-4
+
+
+def test_a_split_latency_keeps_the_faster_of_its_two_halves(monkeypatch):
+    import mixsearch.measure.latency as latency
+
+    machine = SpellOnTheArchOnly()
+    monkeypatch.setattr(latency, "_clock", lambda threads: lambda: machine.now)
+    split = SplitLatency(machine.arch, Reference(machine.reference, ms=0.1), min_time=0.1, threads=1, runtime="torch")
+    machine.spell = True
+    first = split.time_half()
+    assert first.ms == pytest.approx(0.25, rel=1e-6)  # the spell's figure, 1.25× too slow
+    assert latency.WARMUP_SECONDS + 0.05 <= machine.arch_seconds < latency.WARMUP_SECONDS + 0.05 + 3e-4 * 2
+    machine.spell, machine.arch_seconds = False, 0.0
+    second = split.time_half()
+    assert second.ms == pytest.approx(0.2, rel=1e-6) and split.halves_ms == pytest.approx([0.25, 0.2])
+    # the second half spends half the time too; its warm-up is one block of each call, not another search for the block size
+    assert 0.05 <= machine.arch_seconds < 0.05 + 2 * 3e-4
+    assert second.iqr_ms > 0  # both halves' block ratios: 0.25 and 0.2 ms
+    split.close()
+    with pytest.raises(RuntimeError, match="both halves are timed already"):
+        split.time_half()
+
+
+def _trial_events(monkeypatch, tmp_path, extra: dict, trainer=None):
+    """Run a one-trial study; return (trial, events): each latency half and each training, in order."""
+    import mixsearch.trial
+    from mixsearch.train import train
+
+    events = []
+    time_half = SplitLatency.time_half
+
+    def recorded_half(self):
+        latency = time_half(self)
+        events.append(("half", latency.ms))
+        return latency
+
+    def recorded_train(*args, **kwargs):
+        events.append(("train", None))
+        return (trainer or train)(*args, **kwargs)
+
+    monkeypatch.setattr(SplitLatency, "time_half", recorded_half)
+    monkeypatch.setattr(mixsearch.trial, "train", recorded_train)
+    monkeypatch.chdir(tmp_path)
+    data = merge(TINY_SPEC, {"study": {"trials": 1}, "objectives": ["accuracy", "latency"],
+                             "measure": {"latency_min_time": 0.02}, **extra})
+    summary = run_study(parse_spec(data, "split.yaml"), storage_url=f"sqlite:///{tmp_path / 's.db'}",
+                        artifacts=str(tmp_path / "art"))
+    (trial,) = summary.study.get_trials()
+    return trial, events
+
+
+def test_a_trial_times_its_latency_before_and_after_training_and_keeps_the_faster_half(tmp_path, monkeypatch):
+    trial, events = _trial_events(monkeypatch, tmp_path, {})
+    assert [kind for kind, _ in events] == ["half", "train", "half"]
+    # each half reports the figure so far: the second is the faster of both, and that is stored
+    assert events[2][1] <= events[0][1]
+    assert trial.user_attrs["latency_ms"] == events[2][1] == trial.values[1]
+
+
+def test_a_pruned_trial_times_its_second_half_too(tmp_path, monkeypatch):
+    from mixsearch.train import DivergenceError, TrainResult
+
+    def diverges(*args, **kwargs):
+        raise DivergenceError(1, 1, TrainResult())
+    trial, events = _trial_events(monkeypatch, tmp_path, {}, trainer=diverges)
+    assert trial.state.name == "PRUNED" and trial.user_attrs["pruned_reason"].startswith("diverged")
+    assert [kind for kind, _ in events] == ["half", "train", "half"]
+    assert trial.user_attrs["latency_ms"] == events[2][1]
+
+
+def test_an_arch_over_a_latency_bound_on_its_first_half_is_judged_on_both(tmp_path, monkeypatch):
+    trial, events = _trial_events(monkeypatch, tmp_path, {"constraints": {"latency": 1e-6}})
+    assert [kind for kind, _ in events] == ["half", "half"]  # no training: infeasible on the whole figure
+    assert trial.user_attrs["latency_ms"] == events[1][1]
+    assert trial.user_attrs["infeasible_reason"] == f"latency {events[1][1]:g} > 1e-06"
 
 
 def test_eager_torch_gets_more_time_by_default_and_a_spec_can_say_otherwise():

@@ -13,18 +13,19 @@ the search trades against accuracy. Both forms' params and FLOPs are reported.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from torch import nn
 
 from ..arch import Arch
 from ..choices import Rule
-from .latency import RUNTIMES, Latency, measure_latency, reference_latency, runtime_description
+from .latency import RUNTIMES, Latency, SplitLatency, reference_latency, runtime_description, start_latency
 from .sizes import StaticSizes, count_flops, count_params, static_sizes
 
 __all__ = ["DEFAULT_MIN_TIME", "LATENCY_WHEN", "MEASURE_RULES", "MeasureConfig", "RUNTIMES", "STATIC_ATTRS",
-           "StaticMetrics", "StaticSizes", "count_flops", "count_params", "measure_static", "reference_latency",
-           "runtime_description", "static_sizes", "stored_latency"]
+           "SplitLatency", "StaticMetrics", "StaticSizes", "count_flops", "count_params", "finish_static",
+           "measure_static", "reference_latency", "runtime_description", "start_static", "static_sizes",
+           "stored_latency"]
 
 
 # Seconds of timed runs per arch unless the spec says. Eager torch repeats worse than onnxruntime
@@ -67,7 +68,7 @@ STATIC_ATTRS = {"params": "params", "flops": "flops", "latency": "latency_ms", "
 class StaticMetrics(StaticSizes):
     """The sizes counted from the arch, plus the latency timed on the inference form."""
 
-    latency_ms: float | None = None    # median per forward pass of the inference form
+    latency_ms: float | None = None    # ms per forward pass of the inference form (measure.latency)
     latency_iqr_ms: float | None = None
     latency_from: int | None = None  # the earlier trial of the same arch whose latency is reused
 
@@ -90,10 +91,13 @@ class StaticMetrics(StaticSizes):
                 "latency_iqr_ms": self.latency_iqr_ms, "latency_from": self.latency_from}
 
 
-def measure_static(arch: Arch, model: nn.Module, input_shape: tuple[int, int, int], config: MeasureConfig,
-                   with_latency: bool = True, sizes: StaticSizes | None = None,
-                   stored: tuple[Latency, int] | None = None, reference_ms: float | None = None) -> StaticMetrics:
-    """Every static figure of ``arch``; ``model`` (built from it) is only needed to time it.
+def start_static(arch: Arch, model: nn.Module, input_shape: tuple[int, int, int], config: MeasureConfig,
+                 with_latency: bool = True, sizes: StaticSizes | None = None,
+                 stored: tuple[Latency, int] | None = None, reference_ms: float | None = None,
+                 ) -> tuple[StaticMetrics, SplitLatency | None]:
+    """Every static figure of ``arch``, the latency from the first half of its timing, and that
+    timing, whose second half ``finish_static`` takes (a trial: after training). ``model`` (built
+    from ``arch``) is only needed to time it.
 
     ``sizes`` saves counting again what ``static_sizes`` already counted; ``stored`` is the
     latency of an earlier trial of the same arch (see ``stored_latency``), used instead of timing;
@@ -102,17 +106,35 @@ def measure_static(arch: Arch, model: nn.Module, input_shape: tuple[int, int, in
     from ..models import inference_model
 
     sizes = sizes or static_sizes(arch, input_shape, config.latency_batch_size)
-    latency, source = None, None
+    latency, source, split = None, None, None
     if stored is not None:
         latency, source = stored
     elif with_latency:
-        latency = measure_latency(inference_model(model), input_shape, config.runtime, config.latency_batch_size,
-                                  config.latency_threads, config.latency_min_time, reference_ms)
-    return StaticMetrics(
+        split = start_latency(inference_model(model), input_shape, config.runtime, config.latency_batch_size,
+                              config.latency_threads, config.latency_min_time, reference_ms)
+        latency = split.latency
+    static = StaticMetrics(
         **{f.name: getattr(sizes, f.name) for f in fields(StaticSizes)},
         latency_ms=latency.ms if latency else None, latency_iqr_ms=latency.iqr_ms if latency else None,
         latency_from=source,
     )
+    return static, split
+
+
+def finish_static(static: StaticMetrics, split: SplitLatency | None) -> StaticMetrics:
+    """``static`` with its latency's second half timed (the faster half is the figure); unchanged
+    when nothing was timed."""
+    if split is None:
+        return static
+    latency = split.time_half()
+    split.close()
+    return replace(static, latency_ms=latency.ms, latency_iqr_ms=latency.iqr_ms)
+
+
+def measure_static(arch: Arch, model: nn.Module, input_shape: tuple[int, int, int], config: MeasureConfig,
+                   **options) -> StaticMetrics:
+    """Every static figure of ``arch``, both halves of the latency timed at once (``start_static``'s options)."""
+    return finish_static(*start_static(arch, model, input_shape, config, **options))
 
 
 def stored_latency(study, digest: str) -> tuple[Latency, int] | None:

@@ -1,12 +1,16 @@
 """Latency of the inference form in the runtime it is deployed with.
 
 Two runtimes share one timing rule (``time_relative``): warm-up, then short blocks of calls of the
-arch, each followed by a block of a fixed reference network, until ``latency_min_time`` seconds of
-the arch are spent. The fastest block of each (the machine at full speed, nothing in the way) gives
-the ratio of arch to reference, and that ratio times the reference's latency at full speed
-(measured once per study, ``reference_latency``) is stored, with the interquartile range of the
-block-by-block ratios. A measurement that never saw the reference at full speed goes on until it
-does (up to 4× the time). With one thread the clock is the thread's CPU time.
+arch, each followed by a block of a fixed reference network, until the arch's time is spent. The
+fastest block of each (the machine at full speed, nothing in the way) gives the ratio of arch to
+reference, and that ratio times the reference's latency at full speed (measured once per study,
+``reference_latency``) is the figure. A measurement that never saw the reference at full speed goes
+on until it does (up to 4× the time). With one thread the clock is the thread's CPU time.
+
+An arch's ``latency_min_time`` is spent in two halves (``SplitLatency``): a trial times the first
+before it trains and the second after, and keeps the faster. Now and then one measurement comes
+out 7-27% too slow, in a slow spell that its reference blocks did not share; two halves seconds
+apart rarely both land in one.
 
 Why a reference: on a virtual machine the same core runs 1.2-1.5× slower for tenths of a second
 at a time (another tenant on the host's sibling thread, shared caches). The thread's CPU clock does
@@ -31,7 +35,7 @@ import statistics
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -145,8 +149,14 @@ def fastest(blocks: list[float]) -> float:
     return min(block for block in blocks if block >= floor)
 
 
+def block_sizes(call: Callable[[], object], reference_call: Callable[[], object], threads: int = 1) -> tuple[int, int]:
+    """Warm both calls up; how many calls of each fill one block."""
+    clock = _clock(threads)
+    return _calls_per_block(call, clock), _calls_per_block(reference_call, clock)
+
+
 def interleaved_blocks(call: Callable[[], object], reference_call: Callable[[], object], min_time: float,
-                       threads: int = 1, full_speed: float | None = None,
+                       threads: int = 1, full_speed: float | None = None, sizes: tuple[int, int] | None = None,
                        ) -> tuple[list[float], list[float], list[float]]:
     """(arch blocks, reference blocks, per-block ratios), seconds per call, of one measurement.
 
@@ -155,10 +165,16 @@ def interleaved_blocks(call: Callable[[], object], reference_call: Callable[[], 
     over the mean of the reference blocks around it. Given ``full_speed``, the reference's seconds
     per call at the machine's full speed, a measurement whose reference blocks stayed slower than
     that (by more than ``FULL_SPEED_TOLERANCE``) goes on, up to ``EXTEND_FACTOR × min_time``.
+    ``sizes`` (calls per block of each, from ``block_sizes``) skips the warm-up that finds them;
+    one untimed block of each then warms the caches.
     """
     clock = _clock(threads)
-    number = _calls_per_block(call, clock)
-    reference_number = _calls_per_block(reference_call, clock)
+    if sizes is None:
+        number, reference_number = block_sizes(call, reference_call, threads)
+    else:
+        number, reference_number = sizes
+        _block(call, number, clock)
+        _block(reference_call, reference_number, clock)
     before = _block(reference_call, reference_number, clock)
     blocks: list[float] = []
     reference_blocks = [before]
@@ -184,7 +200,8 @@ def interleaved_blocks(call: Callable[[], object], reference_call: Callable[[], 
     return blocks, reference_blocks, ratios
 
 
-def time_relative(call: Callable[[], object], reference: Reference, min_time: float, threads: int = 1) -> Latency:
+def time_relative(call: Callable[[], object], reference: Reference, min_time: float, threads: int = 1,
+                  sizes: tuple[int, int] | None = None) -> Latency:
     """One call's time at the machine's full speed, measured against the reference, in ms.
 
     The figure is the arch's fastest block over the reference's fastest block
@@ -197,14 +214,62 @@ def time_relative(call: Callable[[], object], reference: Reference, min_time: fl
     same ms: how unsteady the machine was. A measurement that found the machine slow throughout
     goes on until it is back at full speed (``interleaved_blocks``).
     """
+    ms, ratios_ms = _relative(call, reference, min_time, threads, sizes)
+    return Latency(ms, _summary(ratios_ms).iqr_ms)
+
+
+def _relative(call: Callable[[], object], reference: Reference, min_time: float, threads: int,
+              sizes: tuple[int, int] | None) -> tuple[float, list[float]]:
+    """``time_relative``'s figure in ms, and its per-block ratios in the same ms."""
     reference_full_speed = max(reference.ms / 1e3, _fastest_reference_block.get(reference.call, 0.0))
     blocks, reference_blocks, ratios = interleaved_blocks(call, reference.call, min_time, threads,
-                                                          reference_full_speed)
+                                                          reference_full_speed, sizes)
     _fastest_reference_block[reference.call] = min(fastest(reference_blocks),
                                                    _fastest_reference_block.get(reference.call, float("inf")))
     full_speed = fastest(blocks) / fastest(reference_blocks)
-    spread = _summary([ratio * reference.ms / 1e3 for ratio in ratios])
-    return Latency(full_speed * reference.ms, spread.iqr_ms)
+    return full_speed * reference.ms, [ratio * reference.ms / 1e3 for ratio in ratios]
+
+
+@dataclass
+class SplitLatency:
+    """One arch's latency timed in two halves of ``min_time``: the figure is the faster half.
+
+    A trial times the first half before it trains, to check constraints and guide the pruner, and
+    the second after, when the machine has moved on by seconds. A single measurement now and then
+    came out 7-27% too slow: the arch's blocks sat in a slow spell that the reference blocks beside
+    them escaped. Two halves that far apart rarely both do. On nine draws of 30 archs, τ between two
+    such figures reached 0.95 in 9 of 9, one measurement of the whole time in 6 of 9
+    (``bench/latency_estimators.py --halves``; docs/performance.md). The IQR is that of both halves'
+    per-block ratios. ``close`` lets the session go.
+    """
+
+    call: Callable[[], object] | None
+    reference: Reference
+    min_time: float
+    threads: int
+    runtime: str
+    halves_ms: list[float] = field(default_factory=list)
+    ratios_ms: list[float] = field(default_factory=list)
+    sizes: tuple[int, int] | None = None  # calls per block, found in the first half's warm-up
+
+    def time_half(self) -> Latency:
+        """Time the next half; the figure so far."""
+        if self.call is None or len(self.halves_ms) == 2:
+            raise RuntimeError("both halves are timed already")
+        with _threads(self.runtime, self.threads):
+            if self.sizes is None:
+                self.sizes = block_sizes(self.call, self.reference.call, self.threads)
+            ms, ratios_ms = _relative(self.call, self.reference, self.min_time / 2, self.threads, self.sizes)
+        self.halves_ms.append(ms)
+        self.ratios_ms += ratios_ms
+        return self.latency
+
+    @property
+    def latency(self) -> Latency:
+        return Latency(min(self.halves_ms), _summary(self.ratios_ms).iqr_ms)
+
+    def close(self) -> None:
+        self.call = None
 
 
 # The reference network's two branches, (channels, token hidden) each: alone, ~0.04 and ~0.12 ms at
@@ -328,9 +393,10 @@ def onnx_call(model: nn.Module, example: torch.Tensor, threads: int) -> Callable
     return lambda: session.run(None, feed)
 
 
-def measure_latency(model: nn.Module, input_shape: tuple[int, ...], runtime: str, batch_size: int,
-                    threads: int, min_time: float, reference_ms: float | None = None) -> Latency:
-    """Latency of one forward pass of the inference form ``model`` in ``runtime``.
+def start_latency(model: nn.Module, input_shape: tuple[int, ...], runtime: str, batch_size: int,
+                  threads: int, min_time: float, reference_ms: float | None = None) -> SplitLatency:
+    """Make ``model`` (an inference form) ready to run in ``runtime`` and time the first half of its
+    latency; ``SplitLatency.time_half`` times the second.
 
     ``reference_ms`` is the study's figure for the reference network (``reference_latency``); without
     it the reference is timed here, once per process and setting.
@@ -341,7 +407,18 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], runtime: str
     reference = Reference(reference_call(input_shape, runtime, batch_size, threads), reference_ms)
     with _threads(runtime, threads):
         call = runtime_call(model, _example(input_shape, batch_size), runtime, threads)
-        return time_relative(call, reference, min_time, threads)
+    split = SplitLatency(call, reference, min_time, threads, runtime)
+    split.time_half()
+    return split
+
+
+def measure_latency(model: nn.Module, input_shape: tuple[int, ...], runtime: str, batch_size: int,
+                    threads: int, min_time: float, reference_ms: float | None = None) -> Latency:
+    """Latency of one forward pass of the inference form ``model`` in ``runtime``: both halves at once."""
+    split = start_latency(model, input_shape, runtime, batch_size, threads, min_time, reference_ms)
+    latency = split.time_half()
+    split.close()
+    return latency
 
 
 # Outside a study (retrain, benches) the reference is timed once per process and setting.
