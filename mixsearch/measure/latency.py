@@ -34,6 +34,7 @@ import io
 import statistics
 import time
 import warnings
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
@@ -134,11 +135,16 @@ class Reference:
     ms: float
 
 
-# Per reference call (one per process and setting): its fastest block in this process so far. A
-# process that never reaches the study's figure for the reference (another machine, or one where
-# the reference runs a little slower) takes its own fastest block as the reference at full speed,
-# so that only its first measurement goes on to the EXTEND_FACTOR limit.
-_fastest_reference_block: dict[Callable[[], object], float] = {}
+# Per reference call (one per process and setting): the fastest reference block of each of the
+# last REFERENCE_HISTORY measurements in this process. A process that never reaches the study's figure for the reference
+# (another machine, or one where the reference runs a little slower) takes the median of these as
+# the reference at full speed, so that only its first measurement goes on to the EXTEND_FACTOR
+# limit. The median, not the fastest: beside eager torch archs the reference's fastest block varies
+# by 3-7% with the arch (each reference block is one call, right after the arch's block has filled
+# the caches), and the fastest of hundreds of measurements was a speed later ones rarely matched,
+# so that most of them went on to the limit.
+REFERENCE_HISTORY = 100
+_reference_full_speeds: dict[Callable[[], object], deque[float]] = {}
 
 
 def fastest(blocks: list[float]) -> float:
@@ -221,11 +227,11 @@ def time_relative(call: Callable[[], object], reference: Reference, min_time: fl
 def _relative(call: Callable[[], object], reference: Reference, min_time: float, threads: int,
               sizes: tuple[int, int] | None) -> tuple[float, list[float]]:
     """``time_relative``'s figure in ms, and its per-block ratios in the same ms."""
-    reference_full_speed = max(reference.ms / 1e3, _fastest_reference_block.get(reference.call, 0.0))
+    seen = _reference_full_speeds.setdefault(reference.call, deque(maxlen=REFERENCE_HISTORY))
+    reference_full_speed = max(reference.ms / 1e3, statistics.median(seen) if seen else 0.0)
     blocks, reference_blocks, ratios = interleaved_blocks(call, reference.call, min_time, threads,
                                                           reference_full_speed, sizes)
-    _fastest_reference_block[reference.call] = min(fastest(reference_blocks),
-                                                   _fastest_reference_block.get(reference.call, float("inf")))
+    seen.append(fastest(reference_blocks))
     full_speed = fastest(blocks) / fastest(reference_blocks)
     return full_speed * reference.ms, [ratio * reference.ms / 1e3 for ratio in ratios]
 
