@@ -1,6 +1,7 @@
 """Does the search-time latency rank archs the way they run? Both runtimes, side by side in one run.
 
     .venv/bin/python bench/latency.py [--mixer 20] [--mobilenet 10] [--careful-factor 10] [--seed 0]
+        [--runtimes onnxruntime torch]
 
 Archs are drawn with Optuna's RandomSampler from the spaces of spaces/mnist.yaml and
 spaces/mnist-mobilenet.yaml (distinct archs only). For each runtime (onnxruntime, torch) the
@@ -23,7 +24,7 @@ and as plain time on the thread's clock, with no reference. It prints per runtim
   default recipe on the default data, timed for every drawn Mixer arch (``--train-archs``), times
   the recipe's epochs; the median over them.
 
-About 5 minutes on two CPU cores.
+About 25 minutes on two CPU cores (most of it the careful measurements).
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ def main() -> None:
     parser.add_argument("--careful-factor", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the careful measurement")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
     parser.add_argument("--train-archs", type=int, default=20,
                         help="drawn Mixer archs whose training time makes the median trial (one epoch each)")
     args = parser.parse_args()
@@ -177,7 +179,7 @@ def main() -> None:
     spec, input_shape, mixers = draw_archs(ROOT / "spaces/mnist.yaml", args.mixer, args.seed)
     _, _, mobilenets = draw_archs(ROOT / "spaces/mnist-mobilenet.yaml", args.mobilenet, args.seed)
     archs = mixers + mobilenets
-    min_times = {runtime: MeasureConfig(runtime=runtime).latency_min_time for runtime in RUNTIMES}
+    min_times = {runtime: MeasureConfig(runtime=runtime).latency_min_time for runtime in args.runtimes}
     print(f"{len(mixers)} Mixer + {len(mobilenets)} MobileNet archs; search-time latency_min_time "
           + ", ".join(f"{seconds} s ({runtime})" for runtime, seconds in min_times.items())
           + f", careful {args.careful_factor}x in {args.rounds} interleaved rounds; batch 1, 1 thread")
@@ -189,7 +191,7 @@ def main() -> None:
     print(f"default-study trial training time (median of {len(trained)} archs, 1 epoch x {epochs}): "
           f"{train_seconds:.1f} s")
     rows, swaps = [], []
-    for runtime in RUNTIMES:
+    for runtime in args.runtimes:
         min_time = min_times[runtime]
         reference_ms = reference_latency(input_shape, runtime, 1, 1, min_time)  # as a study does when created
         reference_again = reference_latency(input_shape, runtime, 1, 1, min_time)

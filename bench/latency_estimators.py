@@ -20,9 +20,9 @@ order per arch, so a slow spell of the machine falls on all of them alike; print
 two measurements of each rule, their median spread, and the seconds one measurement took (arch
 and reference blocks). About three minutes.
 
-``--halves`` compares one measurement of ``--min-time`` (as trials take it, ``time_relative``)
-with the faster of two measurements of half that time taken a whole pass over the other archs
-apart, as a trial could time half before its training and half after. Both are taken twice;
+``--halves`` compares one measurement of ``--min-time`` (``time_relative``, as trials took it
+before) with the faster of two measurements of half that time taken a whole pass over the other
+archs apart, as trials now time half before their training and half after. Both are taken twice;
 printed: τ between the two, τ of the first against a careful figure (the median of three
 measurements of twice the time), the median spread and the pairs of archs swapped. About two
 minutes.
@@ -118,8 +118,9 @@ def halves_against_one(archs, runtime: str, seed: int, min_time: float) -> None:
                 halves[repeat][i].append(timing.time_relative(call, reference, min_time / 2).ms)
     careful = [statistics.median(timing.time_relative(call, reference, 2 * min_time).ms for _ in range(3))
                for call in calls]
-    rules = {f"one measurement of {min_time:g} s (used)": whole,
-             f"the faster of two of {min_time / 2:g} s, a pass apart": [[min(h) for h in halves[r]] for r in range(2)]}
+    rules = {f"one measurement of {min_time:g} s": whole,
+             f"the faster of two of {min_time / 2:g} s, a pass apart (used)": [[min(h) for h in halves[r]]
+                                                                            for r in range(2)]}
     print(f"{len(archs)} archs, {runtime}, each measured twice by both rules, seed {seed}\n")
     print("| rule | τ between the two | τ first vs careful | median spread | pairs swapped between the two |\n"
           "| --- | --- | --- | --- | --- |")

@@ -136,13 +136,13 @@ class Reference:
 
 
 # Per reference call (one per process and setting): the fastest reference block of each of the
-# last REFERENCE_HISTORY measurements in this process. A process that never reaches the study's figure for the reference
-# (another machine, or one where the reference runs a little slower) takes the median of these as
-# the reference at full speed, so that only its first measurement goes on to the EXTEND_FACTOR
-# limit. The median, not the fastest: beside eager torch archs the reference's fastest block varies
-# by 3-7% with the arch (each reference block is one call, right after the arch's block has filled
-# the caches), and the fastest of hundreds of measurements was a speed later ones rarely matched,
-# so that most of them went on to the limit.
+# last REFERENCE_HISTORY measurements in this process. A process that never reaches the study's
+# figure for the reference (another machine, or one where the reference runs a little slower)
+# takes the median of these as the reference at full speed, so that only its first measurement
+# goes on to the EXTEND_FACTOR limit. The median, not the fastest ever: beside eager torch archs
+# the reference's fastest block varied by 2-10% between measurements (each of its blocks is one
+# call, right after an arch block), so later measurements rarely matched the fastest of many and
+# most went on to the limit (2.7 s per arch in bench/latency.py, 0.8 s with the median).
 REFERENCE_HISTORY = 100
 _reference_full_speeds: dict[Callable[[], object], deque[float]] = {}
 
@@ -155,10 +155,17 @@ def fastest(blocks: list[float]) -> float:
     return min(block for block in blocks if block >= floor)
 
 
+# Per reference call: how many of its calls fill a block, found once per process. Finding it
+# again for every measurement would spend a warm-up of the reference on each arch.
+_reference_block_calls: dict[Callable[[], object], int] = {}
+
+
 def block_sizes(call: Callable[[], object], reference_call: Callable[[], object], threads: int = 1) -> tuple[int, int]:
-    """Warm both calls up; how many calls of each fill one block."""
+    """Warm ``call`` up (and the reference, the first time); how many calls of each fill one block."""
     clock = _clock(threads)
-    return _calls_per_block(call, clock), _calls_per_block(reference_call, clock)
+    if reference_call not in _reference_block_calls:
+        _reference_block_calls[reference_call] = _calls_per_block(reference_call, clock)
+    return _calls_per_block(call, clock), _reference_block_calls[reference_call]
 
 
 def interleaved_blocks(call: Callable[[], object], reference_call: Callable[[], object], min_time: float,
