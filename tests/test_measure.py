@@ -242,6 +242,36 @@ def test_a_process_that_never_reaches_the_studys_reference_figure_extends_once(m
     assert all(0.1 <= seconds < 0.1 + 6e-4 for seconds in spent[1:]), spent
 
 
+def test_one_unusually_fast_reference_block_does_not_make_every_later_measurement_go_on(monkeypatch):
+    """The process's full speed is the median of its measurements' fastest reference blocks: after
+    one measurement that met a reference block faster than the machine gives again, later ones stop
+    going on to the limit once that block is outvoted (with the fastest ever, none would)."""
+    import mixsearch.measure.latency as latency
+
+    machine = ScriptedMachine(slow_until=float("inf"))  # the reference at 1.3e-4 s, over the study's 1e-4
+    monkeypatch.setattr(latency, "_clock", lambda threads: machine.clock)
+    # Six calls in a row at 1.2e-4 s during the first measurement: at 3 calls a block, one whole
+    # block that fast, never again.
+    lucky = {"left": 6}
+
+    def reference_once_lucky():
+        if lucky["left"] and machine.now > 0.1:  # after the warm-ups, in a timed block
+            lucky["left"] -= 1
+            machine.now += 1.2e-4
+        else:
+            machine.reference()
+    reference = Reference(reference_once_lucky, ms=0.1)
+    spent = []
+    for _ in range(6):
+        machine.arch_seconds = 0.0
+        time_relative(machine.arch, reference, min_time=0.1)
+        spent.append(machine.arch_seconds - latency.WARMUP_SECONDS)
+    assert spent[0] >= 0.1 * latency.EXTEND_FACTOR  # the first knows no full speed but the study's
+    # 1.2e-4 and then 1.25e-4 (the median of 1.2 and 1.3) as full speed: 1.3e-4 is over 3% slower
+    assert all(seconds >= 0.1 * latency.EXTEND_FACTOR for seconds in spent[1:3]), spent
+    assert all(0.1 <= seconds < 0.1 + 9e-4 for seconds in spent[3:]), spent
+
+
 class SpellOnTheArchOnly:
     """A clock and two calls: while ``spell`` is on, the arch runs 1.25× slower and the reference
     not at all: the kind of slow spell that its reference blocks do not show."""
