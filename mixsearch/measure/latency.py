@@ -213,8 +213,7 @@ def interleaved_blocks(call: Callable[[], object], reference_call: Callable[[], 
     return blocks, reference_blocks, ratios
 
 
-def time_relative(call: Callable[[], object], reference: Reference, min_time: float, threads: int = 1,
-                  sizes: tuple[int, int] | None = None) -> Latency:
+def time_relative(call: Callable[[], object], reference: Reference, min_time: float, threads: int = 1) -> Latency:
     """One call's time at the machine's full speed, measured against the reference, in ms.
 
     The figure is the arch's fastest block over the reference's fastest block
@@ -227,13 +226,14 @@ def time_relative(call: Callable[[], object], reference: Reference, min_time: fl
     same ms: how unsteady the machine was. A measurement that found the machine slow throughout
     goes on until it is back at full speed (``interleaved_blocks``).
     """
-    ms, ratios_ms = _relative(call, reference, min_time, threads, sizes)
+    ms, ratios_ms = _relative(call, reference, min_time, threads)
     return Latency(ms, _summary(ratios_ms).iqr_ms)
 
 
 def _relative(call: Callable[[], object], reference: Reference, min_time: float, threads: int,
-              sizes: tuple[int, int] | None) -> tuple[float, list[float]]:
-    """``time_relative``'s figure in ms, and its per-block ratios in the same ms."""
+              sizes: tuple[int, int] | None = None) -> tuple[float, list[float]]:
+    """``time_relative``'s figure in ms, and its per-block ratios in the same ms; ``sizes`` as for
+    ``interleaved_blocks``."""
     seen = _reference_full_speeds.setdefault(reference.call, deque(maxlen=REFERENCE_HISTORY))
     reference_full_speed = max(reference.ms / 1e3, statistics.median(seen) if seen else 0.0)
     blocks, reference_blocks, ratios = interleaved_blocks(call, reference.call, min_time, threads,
