@@ -17,8 +17,10 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(BIN)/mixsearch run spaces/mnist.yaml
 
+# Most tests spend their time in one single-threaded process (a CLI run, a training), so the
+# suite runs on up to four cores; a module's tests stay together and share its fixtures.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 --dist loadscope
 
 # Every benchmark in turn (bench/chaos.py, a fault run of several minutes, is run on its own).
 bench: setup
