@@ -49,9 +49,9 @@ class SeedResult:
 
 
 def measure_seed(model: torch.nn.Module, splits, seed: int, result: TrainResult) -> SeedResult:
-    """One trained seed's accuracies: one evaluation pass over each split (train in eval mode,
-    unaugmented), and the final epoch's validation accuracy."""
-    return SeedResult(seed, evaluate(model, splits.train_x, splits.train_y), result.val_accuracy,
+    """One trained seed's accuracies: one evaluation pass over the test split and over the training
+    images of ``splits.train_eval`` (in eval mode, unaugmented), and the final epoch's validation accuracy."""
+    return SeedResult(seed, evaluate(model, *splits.train_eval), result.val_accuracy,
                       evaluate(model, splits.test_x, splits.test_y), round(result.train_seconds, 3))
 
 

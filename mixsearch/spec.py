@@ -57,6 +57,7 @@ DATA_RULES: dict[str, Rule] = {
     "train_size": Rule(int, 10000, minimum=1),
     "val_size": Rule(int, 2000, minimum=1),
     "test_size": Rule(int, 2500, minimum=0),
+    "train_eval_size": Rule(int, None, nullable=True, minimum=1),
     "seed": Rule(int, None, nullable=True, minimum=0, maximum=MAX_SEED),
     "cache_dir": Rule(str, DataConfig.cache_dir),
     "image_shape": Rule(list, [1, 28, 28], item=Rule(int, minimum=1)),
@@ -363,6 +364,9 @@ def parse_spec(data: Any, source: str = "<spec>", default_name: str = "study") -
         raise parser.fail("data.image_shape", f"must be [channels, height, width], got {data_values['image_shape']}")
     if data_values["seed"] is None:
         data_values["seed"] = study_config.seed
+    if (data_values["train_eval_size"] or 0) > data_values["train_size"]:
+        raise parser.fail("data.train_eval_size", f"{data_values['train_eval_size']} is more than data.train_size "
+                          f"({data_values['train_size']}); at most that, or null for all training images")
     data_config = DataConfig(**data_values)
     try:  # the data module checks which sources a data set has; name the file in its complaint
         dataset_info(data_config)

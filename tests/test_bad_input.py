@@ -63,6 +63,8 @@ WRONG_VALUES = [
     ("data.train_size", 0, ">= 1"),
     ("data.val_size", "many", "an integer"),
     ("data.image_shape", [1, 28], "channels, height, width"),
+    ("data.train_eval_size", 0, ">= 1"),
+    ("data.train_eval_size", 301, "more than data.train_size (300)"),
     ("data.extra", 1, "unknown key"),
     ("train.epochs", 0, ">= 1"),
     ("train.epochs", [], "empty list"),

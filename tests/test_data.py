@@ -1,5 +1,6 @@
 """The data layer on the bundled MNIST subset and on files written into tmp_path; never the network."""
 
+import dataclasses
 import gzip
 import pickle
 import socket
@@ -129,6 +130,32 @@ def test_validation_set_does_not_change_with_train_size():
     small = load_splits(DataConfig(source="bundled", train_size=500, val_size=200, test_size=10))
     large = load_splits(DataConfig(source="bundled", train_size=5000, val_size=200, test_size=10))
     assert torch.equal(small.val_x, large.val_x)
+
+
+class AlwaysZero(torch.nn.Module):
+    """Predicts class 0 for every image: its accuracy is the share of zeros among the labels it sees."""
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), 10).float()
+
+
+def test_train_accuracy_is_measured_on_the_fixed_sample_of_the_training_split():
+    from mixsearch.seeds import measure_seed
+    from mixsearch.train import EpochResult, TrainResult
+
+    config = DataConfig(source="bundled", train_size=1000, val_size=200, test_size=100, train_eval_size=300)
+    s = load_splits(config)
+    full = load_splits(DataConfig(source="bundled", train_size=1000, val_size=200, test_size=100))
+    assert torch.equal(s.train_x, full.train_x)  # the sample changes what is measured, not what is trained on
+    images, labels = s.train_eval
+    assert torch.equal(images, full.train_x[:300]) and torch.equal(labels, full.train_y[:300])
+    # Label the sample 0 and the rest 1: the accuracy says which images were evaluated.
+    s.train_y[:300], s.train_y[300:] = 0, 1
+    trained = TrainResult([EpochResult(1, 0.1, 0.5, 1.0)], 1.0)
+    assert measure_seed(AlwaysZero(), s, 0, trained).train_accuracy == 1.0
+    every_image = dataclasses.replace(s, train_eval_size=None)
+    assert measure_seed(AlwaysZero(), every_image, 0, trained).train_accuracy == 0.3
+    assert s.to("cpu").train_eval_size == 300
 
 
 def test_to_moves_every_tensor_and_keeps_metadata():

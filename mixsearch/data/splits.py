@@ -30,6 +30,10 @@ class DataConfig:
     train_size: int = 10000
     val_size: int = 2000
     test_size: int = 2500
+    # Training images the train accuracy is measured on: the first of the training split, which is
+    # drawn by a seeded permutation, so a fixed random sample; None: all of them. A search that does
+    # not need the figure exact saves most of a forward pass over the training set per trial.
+    train_eval_size: int | None = None
     seed: int = 0
     cache_dir: str = "~/.cache/mixsearch"  # torchvision root
     image_shape: tuple[int, int, int] = (1, 28, 28)  # synthetic only (C, H, W)
@@ -53,6 +57,13 @@ class Splits:
     input_shape: tuple[int, int, int]
     num_classes: int
     source: str  # which source was used, in words, for logs and study attributes
+    train_eval_size: int | None = None  # see DataConfig
+
+    @property
+    def train_eval(self) -> tuple[Tensor, Tensor]:
+        """(images, labels) the train accuracy is measured on: the first ``train_eval_size`` training images."""
+        count = len(self.train_y) if self.train_eval_size is None else min(self.train_eval_size, len(self.train_y))
+        return self.train_x[:count], self.train_y[:count]
 
     def to(self, device: str | torch.device) -> Splits:
         tensors = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
@@ -124,6 +135,7 @@ def split_raw(raw: RawData, config: DataConfig) -> Splits:
         input_shape=tuple(raw.train_images.shape[1:]),
         num_classes=dataset_info(config)[1],
         source=raw.source,
+        train_eval_size=config.train_eval_size,
     )
 
 

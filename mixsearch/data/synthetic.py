@@ -37,4 +37,5 @@ def synthetic_splits(config: DataConfig) -> Splits:
         input_shape=(c, h, w),
         num_classes=k,
         source=f"synthetic {c}x{h}x{w}, {k} classes, seed {config.seed}",
+        train_eval_size=config.train_eval_size,
     )
