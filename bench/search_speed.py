@@ -10,7 +10,9 @@ Three parts, each printing its inputs and ratios:
   one torch thread (``OMP_NUM_THREADS=1``), as each of the two workers does, so the ratio measures
   the parallelism and not the thread count. Each run's time is split into start-up (to the first
   trial's start), trials and the time after the last trial. Beside them, the ceiling: a fixed
-  piece of training work run by one process alone, then by two at once.
+  piece of training work run by one process alone, then by two at once. ``--jobs-spec
+  spaces/mnist.yaml --trials 30`` runs this part on the default study instead (about 13 minutes
+  a seed).
 - ``default``: ``mixsearch run spaces/mnist.yaml --trials N`` in a subprocess (one torch thread): the peak RSS of
   that one worker, and time outside training as a share of the trials' time (from the stored
   trials: 1 − Σ train_seconds / Σ (datetime_complete − datetime_start) over trained trials; what
@@ -161,21 +163,28 @@ def run_phases(storage: str, name: str, started: float, ended: float) -> tuple[f
     return first - started, last - first, ended - last
 
 
-def part_jobs(workdir: Path, trials: int, epochs: int, seed: int, pruner: str | None = None) -> float:
-    """Finished trials per hour of ``--jobs 2`` over those of ``--jobs 1``."""
+def part_jobs(workdir: Path, trials: int, epochs: int, seed: int, pruner: str | None = None,
+              spec_path: Path | None = None) -> float:
+    """Finished trials per hour of ``--jobs 2`` over those of ``--jobs 1``, on the small spec or,
+    given ``spec_path``, on that spec (its own epochs; ``trials`` of it, with this seed)."""
     spec_file = workdir / "jobs.yaml"
-    spec = small_spec(trials, epochs, seed)
+    if spec_path is None:
+        spec = small_spec(trials, epochs, seed)
+    else:
+        spec = yaml.safe_load(spec_path.read_text())
+        spec["study"].update(trials=trials, seed=seed)
     if pruner is not None:  # workers prune with less of the study known than one process does
         spec["study"]["pruner"] = pruner
     spec_file.write_text(yaml.safe_dump(spec))
+    name = spec["study"]["name"]
     rates, spans = {}, {}
     for jobs in (1, 2):
         storage = f"journal:{workdir / f'jobs{jobs}-{seed}.log'}"
         env = {"OMP_NUM_THREADS": "1"} if jobs == 1 else None
         started = time.time()
         seconds, _ = run_measured(mixsearch_command(spec_file, storage, workdir, "--jobs", str(jobs)), env)
-        startup, spans[jobs], after = run_phases(storage, "speed", started, started + seconds)
-        finished = finished_trials(storage, "speed")
+        startup, spans[jobs], after = run_phases(storage, name, started, started + seconds)
+        finished = finished_trials(storage, name)
         pruned = sum(t.state == TrialState.PRUNED for t in finished)
         training = sum(t.user_attrs.get("train_seconds", 0.0) for t in finished)
         rates[jobs] = len(finished) / seconds * 3600
@@ -183,8 +192,9 @@ def part_jobs(workdir: Path, trials: int, epochs: int, seed: int, pruner: str | 
               f"all) in {seconds:.1f} s = {rates[jobs]:.0f} trials/hour (start-up {startup:.1f} s, trials "
               f"{spans[jobs]:.1f} s, after the last trial {after:.1f} s)", flush=True)
     ceiling = two_at_once_ceiling()
-    print(f"jobs: {trials} trials of {epochs} epochs on {TRAIN_SIZE:,} images, pruner {spec['study'].get('pruner', 'pareto')}, "
-          f"space {SPACE}, seed {seed}: "
+    what = (f"{spec_path}, {trials} trials" if spec_path else
+            f"{trials} trials of {epochs} epochs on {TRAIN_SIZE:,} images, space {SPACE}")
+    print(f"jobs: {what}, pruner {spec['study'].get('pruner', 'pareto')}, seed {seed}: "
           f"--jobs 2 / --jobs 1 = {rates[2] / rates[1]:.2f}× trials per hour; "
           f"{spans[1] / spans[2]:.2f}× from first trial to last; two processes of fixed training work at once "
           f"do {ceiling:.2f}× the work of one alone on this machine (the most --jobs 2 could give)")
@@ -289,6 +299,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="seeds of the jobs and e2e parts: each is one run; with several, their mean ± std")
     parser.add_argument("--pruner", help="pruner of the jobs part's spec (default: the spec default, pareto)")
+    parser.add_argument("--jobs-spec", type=Path,
+                        help="run the jobs part on this spec (e.g. spaces/mnist.yaml, with --trials 30) instead of the small one")
     parser.add_argument("--keep-default", type=Path, help="copy the default study's SQLite file here")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in this process (e2e)")
     parser.add_argument("--parts", nargs="+", choices=["jobs", "default", "e2e"], default=["jobs", "default", "e2e"])
@@ -300,7 +312,8 @@ def main() -> None:
         if "default" in args.parts:
             part_default(workdir, args.default_trials, args.keep_default)
         if "jobs" in args.parts:
-            ratios = [part_jobs(workdir, args.trials, args.epochs, seed, args.pruner) for seed in args.seeds]
+            ratios = [part_jobs(workdir, args.trials, args.epochs, seed, args.pruner, args.jobs_spec)
+                      for seed in args.seeds]
             print_over_seeds("--jobs 2 / --jobs 1, trials per hour", args.seeds, ratios)
         if "e2e" in args.parts:
             ratios = [part_e2e(workdir, args.trials, args.epochs, seed) for seed in args.seeds]
