@@ -293,7 +293,8 @@ def print_over_seeds(what: str, seeds: list[int], values: list[float | None]) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=12, help="trials of the small spec (jobs and e2e)")
+    parser.add_argument("--trials", type=int, default=12,
+                        help="trials of the small spec (jobs and e2e), or of --jobs-spec")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the small spec")
     parser.add_argument("--default-trials", type=int, default=6, help="trials of spaces/mnist.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
