@@ -182,6 +182,16 @@ def plain_number(value: float) -> float | int:
     return int(value) if float(value).is_integer() and abs(value) < 2**53 else float(value)
 
 
+def latency_measured(study: optuna.Study, attrs: dict[str, Any]) -> dict[str, Any]:
+    """The runtime and machine a trial's latency was timed with, as far as the study recorded them
+    (none for a trial without a latency): the figure holds on that machine."""
+    if attrs.get("latency_ms") is None:
+        return {}
+    measured = {"runtime": study.user_attrs.get("latency_runtime"),
+                "machine": attrs.get("latency_machine") or study.user_attrs.get("latency_machine")}
+    return {key: value for key, value in measured.items() if value}
+
+
 def export_record(study: optuna.Study, trial: FrozenTrial, spec, storage_shown: str) -> dict[str, Any]:
     """What an exported YAML file holds; ``seeds`` (all the trial's seeds, with mean, std and
     per-seed values of each accuracy) only for a trial trained with several seeds."""
@@ -200,6 +210,7 @@ def export_record(study: optuna.Study, trial: FrozenTrial, spec, storage_shown: 
         "objectives": objectives,
         "test_accuracy": attrs.get("test_accuracy"),
         "metrics": {k: attrs[k] for k in METRIC_KEYS if attrs.get(k) is not None},
+        **({"latency_measured": measured} if (measured := latency_measured(study, attrs)) else {}),
         "arch": attrs["arch"],
         "recipe": attrs["recipe"],
         "data": dataclasses.asdict(spec.data),

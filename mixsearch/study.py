@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from .artifacts import PlotRefresher, refresh_plots, study_artifact_store
 from .data import dataset_info, load_splits
 from .errors import ArchError, MixsearchError, UsageError
-from .measure import reference_latency, runtime_description
+from .measure import machine_description, reference_latency, runtime_description
 from .optuna_compat import enqueued_params, fail_running_trial, storage_of
 from .pruning import make_pruner
 from .space import count_space
@@ -143,12 +143,23 @@ def open_study(spec: Spec, storage_url: str, seed: int, create: bool = True) -> 
 
 
 def time_reference(study: optuna.Study, spec: Spec) -> None:
-    """Time the reference network and store it on the study, with the runtime's name: every
-    worker's latencies are ratios to the reference network times this one figure."""
+    """Time the reference network and store it on the study, with the runtime's name and the
+    machine's: every worker's latencies are ratios to the reference network times this one figure."""
     study.set_user_attr("latency_runtime", runtime_description(spec.measure.runtime))
+    study.set_user_attr("latency_machine", machine_description())
     study.set_user_attr("latency_reference_ms", reference_latency(
         dataset_info(spec.data)[0], spec.measure.runtime, spec.measure.latency_batch_size,
         spec.measure.latency_threads, spec.measure.latency_min_time))
+
+
+def foreign_machine(study: optuna.Study, spec: Spec) -> str | None:
+    """This machine's line when this process would time latencies for a study whose latencies
+    were measured on another machine (``latency_machine``); None otherwise, or when the study
+    does not say (created before it was stored)."""
+    study_machine = study.user_attrs.get("latency_machine")
+    if not spec.times_latency or study_machine is None or study_machine == machine_description():
+        return None
+    return machine_description()
 
 
 def enqueue_entries(study: optuna.Study, spec: Spec) -> None:
@@ -245,9 +256,14 @@ def run_study(spec: Spec, storage_url: str | None = None, trials: int | None = N
     study = open_study(spec, storage_url, seed if sampler_seed is None else sampler_seed)
     pruner = make_pruner(spec.study.pruner, spec.study.pruner_settings)
     lock = TrialSlotLock(storage_of(study), storage_url, spec.study.name)
+    machine = foreign_machine(study, spec)
+    if machine is not None:
+        reporter.warning(f"this machine ({machine}) is not the one that timed the study's latencies "
+                         f"({study.user_attrs['latency_machine']}): the latencies it times are stored with "
+                         f"latency_machine on their trials and compare with the others' only roughly")
     objective = Objective(spec, splits, pruner, seed, reporter, on_start=lambda trial: lock.release(),
                           artifact_store=study_artifact_store(study, storage_url, artifacts, record=True),
-                          repeats=repeats or spec.study.repeats)
+                          repeats=repeats or spec.study.repeats, latency_machine=machine)
 
     plots = PlotRefresher()
 

@@ -44,6 +44,7 @@ class Reporter:
 
     def data_loaded(self, splits: Splits) -> None: ...
     def study_opened(self, finished: int, target: int) -> None: ...
+    def warning(self, text: str) -> None: ...
     def trial_started(self, number: int, arch: Arch) -> None: ...
     def epoch_done(self, number: int, result: EpochResult, epochs: int) -> None: ...
     def trial_finished(self, trial: FrozenTrial) -> None: ...
@@ -97,11 +98,13 @@ def sample(trial: optuna.Trial, spec: Spec, splits: Splits) -> Sampled:
 
 # -- 2. static measures --------------------------------------------------------------------------
 
-def build_and_measure(trial: optuna.Trial, sampled: Sampled, spec: Spec, splits: Splits,
-                      seed: int) -> tuple[torch.nn.Module, StaticMetrics, SplitLatency | None]:
+def build_and_measure(trial: optuna.Trial, sampled: Sampled, spec: Spec, splits: Splits, seed: int,
+                      latency_machine: str | None = None) -> tuple[torch.nn.Module, StaticMetrics, SplitLatency | None]:
     """Build the model from the trial's seed and record its static figures on the trial.
 
-    The latency is its first half's; the timing that is returned takes the second (``finish_latency``)."""
+    The latency is its first half's; the timing that is returned takes the second (``finish_latency``).
+    ``latency_machine``: this machine's line where it is not the study's (``study.foreign_machine``),
+    stored on a trial whose latency it times."""
     trial.set_user_attr("seed", seed)  # `mixsearch train` repeats the trial with it
     torch.manual_seed(seed)
     model = build_model(sampled.arch)
@@ -114,6 +117,8 @@ def build_and_measure(trial: optuna.Trial, sampled: Sampled, spec: Spec, splits:
         prune(trial, f"impossible arch: {exc}", 0)
     for key, value in static.to_dict().items():
         trial.set_user_attr(key, value)
+    if split is not None and latency_machine is not None:
+        trial.set_user_attr("latency_machine", latency_machine)
     return model, static, split
 
 
@@ -307,6 +312,7 @@ class Objective:
     current: optuna.Trial | None = None  # the trial this process runs now
     artifact_store: Any = None  # an Optuna artifact store: arch, curve and weights of trained trials
     repeats: int = 1  # seeds per trial; the accuracy objective is their mean
+    latency_machine: str | None = None  # this machine, where it is not the one of the study's latencies
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         self.current = trial
@@ -332,7 +338,7 @@ class Objective:
         if original is not None:
             return reuse(trial, original)
         seed = self.seed + trial.number
-        model, static, split = build_and_measure(trial, sampled, spec, splits, seed)
+        model, static, split = build_and_measure(trial, sampled, spec, splits, seed, self.latency_machine)
         if split is not None and constraint_violations(spec.constraints, static):
             # Out of bounds on the first half alone: the whole measurement decides, and its second
             # half can only lower the figure.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import os
+import platform
 import statistics
 import tempfile
 
@@ -12,6 +15,7 @@ from torch import nn
 
 from conftest import TINY_SPEC, merge, run_cli
 from mixsearch.arch import BlockArch, MixerArch, MobileNetArch
+from mixsearch.cli.render import latency_provenance
 from mixsearch.errors import ArchError
 from mixsearch.measure import MeasureConfig, measure_static, static_sizes
 from mixsearch.measure.latency import (Reference, ReferenceNetwork, SplitLatency, export_onnx_bytes, fastest,
@@ -19,7 +23,10 @@ from mixsearch.measure.latency import (Reference, ReferenceNetwork, SplitLatency
 from mixsearch.measure.memory import peak_memory
 from mixsearch.models import build_model, inference_model
 from mixsearch.spec import parse_spec
+from mixsearch.export import export_record
+from mixsearch.measure import machine_description
 from mixsearch.study import run_study
+from mixsearch.trial import Reporter
 
 FLOAT = 4  # bytes
 
@@ -439,6 +446,57 @@ def test_a_repeated_arch_reuses_its_latency_and_memory_is_an_objective(tmp_path,
     import onnxruntime
     assert summary.study.user_attrs["latency_runtime"] == f"onnxruntime {onnxruntime.__version__}"
     assert 0 < summary.study.user_attrs["latency_reference_ms"] < 10  # the figure every ratio is converted with
+
+
+class WarningsSeen(Reporter):
+    def __init__(self):
+        self.warnings: list[str] = []
+
+    def warning(self, text):
+        self.warnings.append(text)
+
+
+def test_the_study_records_its_latency_machine_and_a_worker_on_another_machine_says_so(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = merge(TINY_SPEC, {"study": {"trials": 1}, "objectives": ["accuracy", "latency"],
+                             "measure": {"latency_min_time": 0.01}})
+    spec, url = parse_spec(data, "m.yaml"), f"sqlite:///{tmp_path / 's.db'}"
+    here = machine_description()
+    assert f", {platform.machine()}, {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} CPUs" in here
+    seen = WarningsSeen()
+    study = run_study(spec, storage_url=url, artifacts=str(tmp_path / "art"), reporter=seen).study
+    assert study.user_attrs["latency_machine"] == here and seen.warnings == []
+    (first,) = study.get_trials()
+    assert "latency_machine" not in first.user_attrs
+    assert latency_provenance(study) == f"latency: {study.user_attrs['latency_runtime']} on {here}"
+    assert export_record(study, first, spec, url)["latency_measured"] == {
+        "runtime": study.user_attrs["latency_runtime"], "machine": here}
+
+    # The study as if a machine of another kind had created it: this one now joins it.
+    other = "Some RISC-V part, riscv64, DEFAULT, 64 CPUs"
+    study.set_user_attr("latency_machine", other)
+    study = run_study(spec, storage_url=url, trials=2, artifacts=str(tmp_path / "art"), reporter=seen).study
+    assert seen.warnings == [f"this machine ({here}) is not the one that timed the study's latencies ({other}): "
+                             "the latencies it times are stored with latency_machine on their trials and compare "
+                             "with the others' only roughly"]
+    first, second = study.get_trials()
+    assert second.user_attrs["latency_machine"] == here and "latency_machine" not in first.user_attrs
+    assert latency_provenance(study) == (f"latency: {study.user_attrs['latency_runtime']} on {other}; "
+                                         "timed on another machine (latency_machine): trial 1")
+    assert export_record(study, first, spec, url)["latency_measured"]["machine"] == other
+    assert export_record(study, second, spec, url)["latency_measured"]["machine"] == here
+
+
+def test_the_run_display_shows_a_warning_on_its_own_line():
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from mixsearch.cli.run import RichReporter
+
+    output = io.StringIO()
+    with Progress(console=Console(file=output, width=200, color_system=None)) as progress:
+        RichReporter(progress, progress.add_task("trials"), ["accuracy"]).warning("latencies [of] another machine")
+    assert "warning: latencies [of] another machine\n" in output.getvalue()
 
 
 def test_a_memory_constraint_marks_the_trial_infeasible(tmp_path, monkeypatch):

@@ -115,9 +115,27 @@ def print_front(study, shown_url: str) -> None:
     counts = state_counts(study)
     console.print("trials: " + (", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "none"),
                   highlight=False)
+    provenance = latency_provenance(study)
+    if provenance:
+        console.print(provenance, highlight=False)
     target = shown_url[len("sqlite:///"):] if shown_url.startswith("sqlite:///") else shown_url
     console.print(f"browse it: mixsearch dashboard {target} --study {study.study_name}", highlight=False)
     console.print(f"take archs away: mixsearch export {target} --study {study.study_name}", highlight=False)
+
+
+def latency_provenance(study) -> str | None:
+    """Where the study's latencies were timed: runtime, machine and the trials timed elsewhere."""
+    attrs = study.user_attrs
+    if "latency_runtime" not in attrs:
+        return None
+    line = f"latency: {attrs['latency_runtime']}"
+    if attrs.get("latency_machine"):
+        line += f" on {attrs['latency_machine']}"
+    elsewhere = [t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("latency_machine")]
+    if elsewhere:
+        line += (f"; timed on another machine (latency_machine): trial{'s' if len(elsewhere) > 1 else ''} "
+                 + ", ".join(map(str, elsewhere[:10])) + (f" and {len(elsewhere) - 10} more" if len(elsewhere) > 10 else ""))
+    return line
 
 
 def print_spec_check(spec, check) -> None:

@@ -29,6 +29,11 @@ class RichReporter:
         if finished:
             self.progress.console.print(f"resuming: {finished} trials already finished", highlight=False)
 
+    def warning(self, text):
+        from rich.markup import escape
+
+        self.progress.console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False)
+
     def trial_started(self, number, arch):
         self.progress.update(self.task, status=f"trial {number}: {arch.describe()}")
 
@@ -56,15 +61,20 @@ class LineReporter:
     def trial_started(self, number, arch): ...
     def epoch_done(self, number, result, epochs): ...
 
+    def warning(self, text):
+        print_whole_line(f"{self.name}: warning: {text}", sys.stderr)
+
     def trial_finished(self, trial):
         print_whole_line(f"{self.name}: {trial_line(trial, self.objectives)}")
 
 
-def print_whole_line(text: str) -> None:
-    """Print ``text`` and its newline in one write: workers share one output, and ``print`` writes
-    the newline separately, so with unbuffered output two workers' lines could interleave."""
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+def print_whole_line(text: str, stream=None) -> None:
+    """Print ``text`` and its newline in one write (to stdout unless ``stream``): workers share one
+    output, and ``print`` writes the newline separately, so with unbuffered output two workers'
+    lines could interleave."""
+    stream = stream or sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
 
 
 class FirstInterrupt:

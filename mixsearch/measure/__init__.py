@@ -20,12 +20,13 @@ from torch import nn
 from ..arch import Arch
 from ..choices import Rule
 from .latency import RUNTIMES, Latency, SplitLatency, reference_latency, runtime_description, start_latency
+from .machine import machine_description
 from .sizes import StaticSizes, count_flops, count_params, static_sizes
 
 __all__ = ["DEFAULT_MIN_TIME", "LATENCY_WHEN", "MEASURE_RULES", "MeasureConfig", "RUNTIMES", "STATIC_ATTRS",
            "SplitLatency", "StaticMetrics", "StaticSizes", "count_flops", "count_params", "finish_static",
-           "measure_static", "reference_latency", "runtime_description", "start_static", "static_sizes",
-           "stored_latency"]
+           "machine_description", "measure_static", "reference_latency", "runtime_description", "start_static",
+           "static_sizes", "stored_latency"]
 
 
 # Seconds of timed runs per arch unless the spec says. Eager torch repeats worse than onnxruntime
