@@ -25,6 +25,7 @@ test: setup
 # Every benchmark in turn (bench/chaos.py, a fault run of several minutes, is run on its own).
 bench: setup
 	$(BIN)/python bench/trainer.py
+	$(BIN)/python bench/evaluation.py
 	$(BIN)/python bench/search_speed.py
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/fusion.py

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -158,11 +159,36 @@ def random_shift_each(images: torch.Tensor, max_pixels: int, generator: torch.Ge
     return padded[batch, channel, rows, cols]
 
 
+# On a CPU, evaluation batches are sized so that one batch's live activations (traced per image,
+# measure.memory) stay near EVAL_ACTIVATION_BYTES, within the last-level cache. Batches of 1,000
+# took 1.8-2.3× as long as batches of 64-128 for Mixers of 196 tokens, and raised a worker's peak
+# RSS by a quarter of a GiB, while small archs ran best at 1,000 (docs/performance.md).
+EVAL_ACTIVATION_BYTES = 16 * 2**20
+MAX_EVAL_BATCH = 1000  # also the batch on an accelerator, and for a model that is not a built arch
+MIN_EVAL_BATCH = 8
+_eval_batches: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
+
+
+def eval_batch_size(model: nn.Module, images: torch.Tensor) -> int:
+    """The batch ``evaluate`` runs ``model`` with on ``images``: see EVAL_ACTIVATION_BYTES. Found
+    once per model (a trace on the meta device, about 0.05 s)."""
+    arch = getattr(model, "arch", None)
+    if images.device.type != "cpu" or arch is None:
+        return MAX_EVAL_BATCH
+    if model not in _eval_batches:
+        from .measure.sizes import static_sizes
+
+        per_image = static_sizes(arch, tuple(images.shape[1:])).memory.peak_activation_bytes
+        _eval_batches[model] = max(MIN_EVAL_BATCH, min(MAX_EVAL_BATCH, EVAL_ACTIVATION_BYTES // max(per_image, 1)))
+    return _eval_batches[model]
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
-    """Top-1 accuracy of ``model`` in eval mode."""
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int | None = None) -> float:
+    """Top-1 accuracy of ``model`` in eval mode, in batches of ``batch_size`` (default: ``eval_batch_size``)."""
     if len(labels) == 0:
         return 0.0
+    batch_size = batch_size or eval_batch_size(model, images)
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=labels.device)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import torch
 
 from conftest import TINY_SPEC
+from mixsearch.arch import MixerArch
 from mixsearch.data import load_splits
+from mixsearch.measure import static_sizes
+from mixsearch.models import build_model
 from mixsearch.spec import parse_spec
-from mixsearch.train import random_shift, random_shift_each
+from mixsearch.train import (EVAL_ACTIVATION_BYTES, MAX_EVAL_BATCH, eval_batch_size, evaluate, random_shift,
+                             random_shift_each)
 
 
 def real_images(count: int) -> torch.Tensor:
@@ -44,3 +48,23 @@ def test_shift_moves_the_whole_batch_by_one_offset():
     shifted = random_shift(images, 2, generator)
     offsets = {offset_of(images[i], shifted[i], 2) for i in range(len(images))}
     assert len(offsets) == 1
+
+
+def test_evaluation_batches_hold_their_activations_to_the_budget_and_give_the_same_accuracy():
+    splits = load_splits(parse_spec(TINY_SPEC, "tiny.yaml").data)
+    images, labels = splits.train_x[:300], splits.train_y[:300]
+    # 196 tokens × 128 hidden channels: 238,336 bytes of live activations per image, traced
+    large = build_model(MixerArch(1, (28, 28), 10, 2, 48, 64, 128, 2))
+    per_image = static_sizes(large.arch, (1, 28, 28)).memory.peak_activation_bytes
+    assert per_image == 238_336
+    assert eval_batch_size(large, images) == EVAL_ACTIVATION_BYTES // per_image == 70
+    # 16 tokens: a batch of 1,000 holds a few MB, so the cap decides
+    small = build_model(MixerArch(1, (28, 28), 10, 1, 8, 16, 16, 7))
+    assert eval_batch_size(small, images) == MAX_EVAL_BATCH
+    # a module that is not a built arch, and any model on another device, keep the cap
+    assert eval_batch_size(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)), images) == MAX_EVAL_BATCH
+    assert eval_batch_size(large, images.to("meta")) == MAX_EVAL_BATCH
+    # the batch changes nothing but speed: every image is counted once
+    predictions = large.eval()(images).argmax(dim=1)
+    expected = (predictions == labels).sum().item() / len(labels)
+    assert evaluate(large, images, labels) == evaluate(large, images, labels, batch_size=300) == expected

@@ -1,0 +1,140 @@
+"""Evaluation batches: sized to the cache (``mixsearch.train.eval_batch_size``) against a fixed 1,000.
+
+    .venv/bin/python bench/evaluation.py [--archs 12] [--seed 0] [--images 4500] [--rounds 3] [--threads 1]
+
+Draws ``--archs`` archs from ``spaces/mnist.yaml`` (Optuna's RandomSampler, ``--seed``) and times,
+for each, ``mixsearch.train.evaluate`` over ``--images`` bundled MNIST images (what a trial of the
+default study evaluates after training: 2,000 training and 2,500 test images) at a batch of 1,000
+and at the batch ``eval_batch_size`` picks, alternating, ``--rounds`` times; medians, side by side.
+Then, for the drawn arch with the most activations per image, the peak RSS of a fresh process that
+evaluates it at each setting (imports, data and model included). About two minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mixsearch.arch import arch_from_dict  # noqa: E402
+from mixsearch.data import load_splits  # noqa: E402
+from mixsearch.errors import ArchError  # noqa: E402
+from mixsearch.measure import static_sizes  # noqa: E402
+from mixsearch.models import build_model  # noqa: E402
+from mixsearch.spec import load_spec  # noqa: E402
+from mixsearch.train import MAX_EVAL_BATCH, eval_batch_size, evaluate  # noqa: E402
+
+SPEC = ROOT / "spaces" / "mnist.yaml"
+
+
+def images_to_evaluate(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    splits = load_splits(load_spec(str(SPEC)).data)
+    images = torch.cat([splits.train_x, splits.test_x])[:count]
+    return images, torch.cat([splits.train_y, splits.test_y])[:count]
+
+
+def draw_archs(count: int, seed: int, input_shape, num_classes: int) -> list:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = load_spec(str(SPEC)).space
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    archs = []
+    while len(archs) < count:
+        trial = study.ask()
+        try:
+            archs.append(space.sample(trial, input_shape, num_classes))
+        except ArchError:  # over a limit: a search prunes it, and so does this bench
+            pass
+        study.tell(trial, 0.0)
+    return archs
+
+
+def seconds(model, images, labels, batch_size: int) -> float:
+    started = time.perf_counter()
+    evaluate(model, images, labels, batch_size)
+    return time.perf_counter() - started
+
+
+def peak_rss_child(arch: dict, batch_size: int, count: int, threads: int) -> float:
+    """GiB: the peak RSS of a fresh process evaluating ``arch`` at ``batch_size``."""
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(arch), str(batch_size), str(count),
+                          str(threads)], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip())
+
+
+def child(arch_json: str, batch_size: str, count: str, threads: str) -> None:
+    torch.set_num_threads(int(threads))
+    images, labels = images_to_evaluate(int(count))
+    model = build_model(arch_from_dict(json.loads(arch_json)))
+    evaluate(model, images, labels, int(batch_size))
+    print(peak_rss_gib())
+
+
+def peak_rss_gib() -> float:
+    """This process's peak RSS. Linux's VmHWM belongs to the process image, where ``ru_maxrss``
+    carries over the RSS of the parent that spawned it (which here has run the timings)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        return child(*sys.argv[2:6])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archs", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images", type=int, default=4500)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    images, labels = images_to_evaluate(args.images)
+    archs = draw_archs(args.archs, args.seed, tuple(images.shape[1:]), 10)
+    print(f"{len(images):,} bundled MNIST images; {len(archs)} archs from {SPEC.name} (seed {args.seed}); "
+          f"{args.threads} torch thread(s); medians of {args.rounds} alternating rounds", flush=True)
+    print("\n| arch | activations per image | batch | at 1,000 | at its batch | ratio |\n| --- | --- | --- | --- | --- | --- |")
+    totals = {"fixed": 0.0, "sized": 0.0}
+    largest = None
+    for arch in archs:
+        model = build_model(arch)
+        batch = eval_batch_size(model, images)
+        per_image = static_sizes(arch, tuple(images.shape[1:])).memory.peak_activation_bytes
+        if largest is None or per_image > largest[1]:
+            largest = (arch, per_image, batch)
+        times = {"fixed": [], "sized": []}
+        for round_ in range(args.rounds):
+            for name in (("fixed", "sized") if round_ % 2 == 0 else ("sized", "fixed")):
+                times[name].append(seconds(model, images, labels, MAX_EVAL_BATCH if name == "fixed" else batch))
+        fixed, sized = (statistics.median(times[name]) for name in ("fixed", "sized"))
+        totals["fixed"] += fixed
+        totals["sized"] += sized
+        print(f"| {arch.describe()} | {per_image / 1024:,.0f} KiB | {batch} | {fixed * 1e3:,.0f} ms | "
+              f"{sized * 1e3:,.0f} ms | {fixed / sized:.2f}× |", flush=True)
+    print(f"| all {len(archs)} | | | {totals['fixed']:.2f} s | {totals['sized']:.2f} s | "
+          f"**{totals['fixed'] / totals['sized']:.2f}×** |")
+    arch, per_image, batch = largest
+    rss = {size: peak_rss_child(arch.to_dict(), size, args.images, args.threads) for size in (MAX_EVAL_BATCH, batch)}
+    print(f"\npeak RSS of a process evaluating {arch.describe()} ({per_image / 1024:,.0f} KiB of activations "
+          f"per image): {rss[MAX_EVAL_BATCH]:.2f} GiB at a batch of {MAX_EVAL_BATCH}, {rss[batch]:.2f} GiB at "
+          f"its batch of {batch}")
+
+
+if __name__ == "__main__":
+    main()
