@@ -109,7 +109,8 @@ def main() -> None:
     archs = draw_archs(args.archs, args.seed, tuple(images.shape[1:]), 10)
     print(f"{len(images):,} bundled MNIST images; {len(archs)} archs from {SPEC.name} (seed {args.seed}); "
           f"{args.threads} torch thread(s); medians of {args.rounds} alternating rounds", flush=True)
-    print("\n| arch | activations per image | batch | at 1,000 | at its batch | ratio |\n| --- | --- | --- | --- | --- | --- |")
+    print("\n| arch | activations per image | batch | at 1,000 | at its batch | ratio |")
+    print("| --- | --- | --- | --- | --- | --- |")
     totals = {"fixed": 0.0, "sized": 0.0}
     largest = None
     for arch in archs:

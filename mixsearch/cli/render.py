@@ -133,8 +133,9 @@ def latency_provenance(study) -> str | None:
         line += f" on {attrs['latency_machine']}"
     elsewhere = [t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("latency_machine")]
     if elsewhere:
+        more = f" and {len(elsewhere) - 10} more" if len(elsewhere) > 10 else ""
         line += (f"; timed on another machine (latency_machine): trial{'s' if len(elsewhere) > 1 else ''} "
-                 + ", ".join(map(str, elsewhere[:10])) + (f" and {len(elsewhere) - 10} more" if len(elsewhere) > 10 else ""))
+                 + ", ".join(map(str, elsewhere[:10])) + more)
     return line
 
 
