@@ -11,7 +11,7 @@ against that reference figure, in two halves: the first for every arch, then the
 arch, so that seconds pass between an arch's halves as a trial's training puts them apart) twice,
 independently, and then carefully: ``--careful-factor`` times the
 time, in interleaved rounds (every arch once per round) so that a slow spell of the machine hits
-all archs alike. The careful measurement is taken twice: the same way (against the reference),
+all archs alike, each round spending its whole time (no early stop). The careful measurement is taken twice: the same way (against the reference),
 and as plain time on the thread's clock, with no reference. It prints per runtime:
 
 - Kendall τ between the two search-time measurements (goal ≥ 0.95);
@@ -144,7 +144,8 @@ def careful_times(archs, input_shape, runtime: str, seconds: float, rounds: int,
     calls = [runtime_call(model, example, runtime, 1) for model in models]
     for _ in range(rounds):
         for i, model in enumerate(models):
-            relative[i].append(measure_latency(model, input_shape, runtime, 1, 1, seconds / rounds, reference_ms).ms)
+            relative[i].append(measure_latency(model, input_shape, runtime, 1, 1, seconds / rounds, reference_ms,
+                                               early_stop=False).ms)  # the whole time, every round
             plain[i].append(time_calls(calls[i], seconds / rounds).ms)
     return [statistics.median(r) for r in relative], [statistics.median(p) for p in plain]
 

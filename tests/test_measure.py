@@ -211,7 +211,7 @@ def test_a_measurement_that_finds_the_machine_slow_goes_on_until_it_is_back_at_f
     machine = ScriptedMachine(slow_until=slow_seconds)
     monkeypatch.setattr(latency, "_clock", lambda threads: machine.clock)
     reference = Reference(machine.reference, ms=full_speed * 1e3)
-    result = time_relative(machine.arch, reference, min_time=0.1)
+    result = time_relative(machine.arch, reference, min_time=0.1, early_stop=False)
     block = 3e-4  # the arch's longest block: its warm-up and its last block overshoot by less each
     timed = lambda: machine.arch_seconds - latency.WARMUP_SECONDS  # noqa: E731
     if slow_seconds == 10.0:
@@ -232,6 +232,36 @@ def test_a_measurement_that_finds_the_machine_slow_goes_on_until_it_is_back_at_f
     assert 0.1 <= timed() < 0.1 + 2 * block
 
 
+class DriftingMachine(ScriptedMachine):
+    """Never slow, but every arch call costs 2% more than the one before: no fastest block repeats."""
+
+    def arch(self) -> None:
+        cost = 2e-4 * 1.02 ** (self.arch_seconds / 2e-4)
+        self.now += cost
+        self.arch_seconds += cost
+
+
+def test_a_measurement_ends_early_once_both_fastest_blocks_are_confirmed(monkeypatch):
+    import mixsearch.measure.latency as latency
+
+    monkeypatch.setattr(latency, "_clock", lambda threads: machine.clock)
+    # a steady machine: MIN_BLOCKS blocks of 2 calls (0.4 ms) each, not the 0.1 s of min_time
+    machine = ScriptedMachine(slow_until=0.0)
+    result = time_relative(machine.arch, Reference(machine.reference, ms=0.1), min_time=0.1)
+    assert result.ms == pytest.approx(0.2, rel=1e-6)
+    assert machine.arch_seconds - latency.WARMUP_SECONDS < 0.003
+    # in a slow spell the reference is not at full speed: it goes on past the spell, then stops
+    # once the full-speed blocks are confirmed (CONFIRM_BLOCKS more of each), long before 4 × min_time
+    machine = ScriptedMachine(slow_until=0.5)
+    result = time_relative(machine.arch, Reference(machine.reference, ms=0.1), min_time=0.1)
+    assert result.ms == pytest.approx(0.2, rel=1e-6)
+    assert 0.5 < machine.now < 0.5 + 0.6e-3 * (latency.CONFIRM_BLOCKS + 2)
+    # a fastest block that no later block comes near is not confirmed: the whole min_time is spent
+    machine = DriftingMachine(slow_until=0.0)
+    time_relative(machine.arch, Reference(machine.reference, ms=0.1), min_time=0.1)
+    assert machine.arch_seconds - latency.WARMUP_SECONDS >= 0.1
+
+
 def test_a_process_that_never_reaches_the_studys_reference_figure_extends_once(monkeypatch):
     """On another machine, or wherever the reference runs slower than the study's figure, only the
     first measurement goes on to the limit: after it, the process's own fastest block is full speed."""
@@ -243,10 +273,14 @@ def test_a_process_that_never_reaches_the_studys_reference_figure_extends_once(m
     spent = []
     for _ in range(3):
         machine.arch_seconds = 0.0
-        time_relative(machine.arch, reference, min_time=0.1)
+        time_relative(machine.arch, reference, min_time=0.1, early_stop=False)
         spent.append(machine.arch_seconds - latency.WARMUP_SECONDS)
     assert spent[0] >= 0.1 * latency.EXTEND_FACTOR
     assert all(0.1 <= seconds < 0.1 + 6e-4 for seconds in spent[1:]), spent
+    # and with early stops, the later ones end once their steady blocks are confirmed
+    machine.arch_seconds = 0.0
+    time_relative(machine.arch, reference, min_time=0.1)
+    assert machine.arch_seconds - latency.WARMUP_SECONDS < 0.01
 
 
 def test_one_unusually_fast_reference_block_does_not_make_every_later_measurement_go_on(monkeypatch):
@@ -271,7 +305,7 @@ def test_one_unusually_fast_reference_block_does_not_make_every_later_measuremen
     spent = []
     for _ in range(6):
         machine.arch_seconds = 0.0
-        time_relative(machine.arch, reference, min_time=0.1)
+        time_relative(machine.arch, reference, min_time=0.1, early_stop=False)
         spent.append(machine.arch_seconds - latency.WARMUP_SECONDS)
     assert spent[0] >= 0.1 * latency.EXTEND_FACTOR  # the first knows no full speed but the study's
     # 1.2e-4 and then 1.25e-4 (the median of 1.2 and 1.3) as full speed: 1.3e-4 is over 3% slower
@@ -300,7 +334,8 @@ def test_a_split_latency_keeps_the_faster_of_its_two_halves(monkeypatch):
 
     machine = SpellOnTheArchOnly()
     monkeypatch.setattr(latency, "_clock", lambda threads: lambda: machine.now)
-    split = SplitLatency(machine.arch, Reference(machine.reference, ms=0.1), min_time=0.1, threads=1, runtime="torch")
+    split = SplitLatency(machine.arch, Reference(machine.reference, ms=0.1), min_time=0.1, threads=1, runtime="torch",
+                          early_stop=False)
     machine.spell = True
     first = split.time_half()
     assert first.ms == pytest.approx(0.25, rel=1e-6)  # the spell's figure, 1.25× too slow

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+import pytest
 import torch
 
 from conftest import TINY_SPEC
@@ -10,8 +13,8 @@ from mixsearch.data import load_splits
 from mixsearch.measure import static_sizes
 from mixsearch.models import build_model
 from mixsearch.spec import parse_spec
-from mixsearch.train import (EVAL_ACTIVATION_BYTES, MAX_EVAL_BATCH, eval_batch_size, evaluate, random_shift,
-                             random_shift_each)
+from mixsearch.train import (EVAL_ACTIVATION_BYTES, MAX_EVAL_BATCH, TrainRecipe, eval_batch_size, evaluate,
+                             random_shift, random_shift_each, train)
 
 
 def real_images(count: int) -> torch.Tensor:
@@ -71,3 +74,17 @@ def test_evaluation_batches_hold_their_activations_to_the_budget_and_give_the_sa
     predictions = large.eval()(images).argmax(dim=1)
     expected = (predictions == labels).sum().item() / len(labels)
     assert evaluate(large, images, labels) == evaluate(large, images, labels, batch_size=300) == expected
+
+
+def test_training_time_is_the_epochs_own_and_leaves_out_what_on_epoch_does():
+    splits = load_splits(parse_spec(TINY_SPEC, "tiny.yaml").data)
+    model = build_model(MixerArch(1, (28, 28), 10, 1, 8, 16, 16, 7))
+
+    def slow_callback(result):  # as a pruner and storage writes would take time
+        time.sleep(0.3)
+        return False
+
+    result = train(model, splits, TrainRecipe(epochs=2, batch_size=64), on_epoch=slow_callback)
+    assert [e.epoch for e in result.curve] == [1, 2]
+    assert result.train_seconds == pytest.approx(sum(e.seconds for e in result.curve))
+    assert 0 < result.train_seconds < 0.3  # two epochs of 300 images; the callback's 0.6 s is not in it

@@ -1,7 +1,8 @@
 """Latency of the inference form in the runtime it is deployed with.
 
 Two runtimes share one timing rule (``time_relative``): warm-up, then short blocks of calls of the
-arch, each followed by a block of a fixed reference network, until the arch's time is spent. The
+arch, each followed by a block of a fixed reference network, until the arch's time is spent or, on
+a quiet machine, as soon as the fastest block of each is confirmed by several more near it. The
 fastest block of each (the machine at full speed, nothing in the way) gives the ratio of arch to
 reference, and that ratio times the reference's latency at full speed (measured once per study,
 ``reference_latency``) is the figure. A measurement that never saw the reference at full speed goes
@@ -63,6 +64,13 @@ REFERENCE_TIME_FACTOR = 10
 # until the machine is back at full speed (docs/performance.md).
 FULL_SPEED_TOLERANCE = 0.03
 EXTEND_FACTOR = 4
+# A measurement ends before its time is spent once both fastest blocks are confirmed: CONFIRM_BLOCKS
+# further blocks of the arch within CONFIRM_TOLERANCE of its fastest, as many of the reference
+# within it of the reference's, which is at full speed. On a quiet machine that is a quarter of the
+# blocks, and the figure is the one the whole time gives to 0.2% (median over 30 archs; at most
+# 1.3%); on a noisy one no minimum is confirmed and the whole time is spent (docs/performance.md).
+CONFIRM_BLOCKS = 5
+CONFIRM_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -168,18 +176,40 @@ def block_sizes(call: Callable[[], object], reference_call: Callable[[], object]
     return _calls_per_block(call, clock), _reference_block_calls[reference_call]
 
 
+class ConfirmedFastest:
+    """The fastest block so far and how many other blocks came within ``CONFIRM_TOLERANCE`` of it."""
+
+    def __init__(self):
+        self.blocks: list[float] = []
+        self.fastest = float("inf")
+        self.near = 0
+
+    def add(self, block: float) -> None:
+        self.blocks.append(block)
+        if block < self.fastest:
+            self.fastest = block
+            self.near = sum(b <= block * (1 + CONFIRM_TOLERANCE) for b in self.blocks) - 1
+        elif block <= self.fastest * (1 + CONFIRM_TOLERANCE):
+            self.near += 1
+
+    @property
+    def confirmed(self) -> bool:
+        return self.near >= CONFIRM_BLOCKS
+
+
 def interleaved_blocks(call: Callable[[], object], reference_call: Callable[[], object], min_time: float,
                        threads: int = 1, full_speed: float | None = None, sizes: tuple[int, int] | None = None,
-                       ) -> tuple[list[float], list[float], list[float]]:
+                       early_stop: bool = True) -> tuple[list[float], list[float], list[float]]:
     """(arch blocks, reference blocks, per-block ratios), seconds per call, of one measurement.
 
     Blocks alternate: reference, arch, reference, arch, ... so both are sampled over the same
-    spells of the machine, until the arch's blocks fill ``min_time``. Each ratio is an arch block
-    over the mean of the reference blocks around it. Given ``full_speed``, the reference's seconds
-    per call at the machine's full speed, a measurement whose reference blocks stayed slower than
-    that (by more than ``FULL_SPEED_TOLERANCE``) goes on, up to ``EXTEND_FACTOR × min_time``.
-    ``sizes`` (calls per block of each, from ``block_sizes``) skips the warm-up that finds them;
-    one untimed block of each then warms the caches.
+    spells of the machine, until the arch's blocks fill ``min_time``, or, with ``early_stop``,
+    until the fastest block of each is confirmed (``CONFIRM_BLOCKS``) with the reference at full
+    speed. Each ratio is an arch block over the mean of the reference blocks around it. Given
+    ``full_speed``, the reference's seconds per call at the machine's full speed, a measurement whose
+    reference blocks stayed slower than that (by more than ``FULL_SPEED_TOLERANCE``) goes on, up to
+    ``EXTEND_FACTOR × min_time``. ``sizes`` (calls per block of each, from ``block_sizes``) skips the
+    warm-up that finds them; one untimed block of each then warms the caches.
     """
     clock = _clock(threads)
     if sizes is None:
@@ -200,12 +230,21 @@ def interleaved_blocks(call: Callable[[], object], reference_call: Callable[[], 
         return min(so_far, reference_block) if reference_block > slow_until / 2 else so_far
 
     fastest_reference = seen_fastest(before, float("inf"))
-    while (spent < min_time or len(ratios) < MIN_BLOCKS
+    arch_fastest, reference_fastest = ConfirmedFastest(), ConfirmedFastest()
+    reference_fastest.add(before)
+
+    def confirmed() -> bool:  # without a full-speed figure nothing says the machine is at full speed
+        return (early_stop and full_speed is not None and fastest_reference <= slow_until
+                and arch_fastest.confirmed and reference_fastest.confirmed)
+
+    while ((spent < min_time and not confirmed()) or len(ratios) < MIN_BLOCKS
            or (fastest_reference > slow_until and spent < EXTEND_FACTOR * min_time)):
         block = _block(call, number, clock)
         after = _block(reference_call, reference_number, clock)
         blocks.append(block)
         reference_blocks.append(after)
+        arch_fastest.add(block)
+        reference_fastest.add(after)
         ratios.append(block / ((before + after) / 2))
         spent += block * number
         before = after
@@ -213,7 +252,8 @@ def interleaved_blocks(call: Callable[[], object], reference_call: Callable[[], 
     return blocks, reference_blocks, ratios
 
 
-def time_relative(call: Callable[[], object], reference: Reference, min_time: float, threads: int = 1) -> Latency:
+def time_relative(call: Callable[[], object], reference: Reference, min_time: float, threads: int = 1,
+                  early_stop: bool = True) -> Latency:
     """One call's time at the machine's full speed, measured against the reference, in ms.
 
     The figure is the arch's fastest block over the reference's fastest block
@@ -226,18 +266,18 @@ def time_relative(call: Callable[[], object], reference: Reference, min_time: fl
     same ms: how unsteady the machine was. A measurement that found the machine slow throughout
     goes on until it is back at full speed (``interleaved_blocks``).
     """
-    ms, ratios_ms = _relative(call, reference, min_time, threads)
+    ms, ratios_ms = _relative(call, reference, min_time, threads, early_stop=early_stop)
     return Latency(ms, _summary(ratios_ms).iqr_ms)
 
 
 def _relative(call: Callable[[], object], reference: Reference, min_time: float, threads: int,
-              sizes: tuple[int, int] | None = None) -> tuple[float, list[float]]:
-    """``time_relative``'s figure in ms, and its per-block ratios in the same ms; ``sizes`` as for
-    ``interleaved_blocks``."""
+              sizes: tuple[int, int] | None = None, early_stop: bool = True) -> tuple[float, list[float]]:
+    """``time_relative``'s figure in ms, and its per-block ratios in the same ms; ``sizes`` and
+    ``early_stop`` as for ``interleaved_blocks``."""
     seen = _reference_full_speeds.setdefault(reference.call, deque(maxlen=REFERENCE_HISTORY))
     reference_full_speed = max(reference.ms / 1e3, statistics.median(seen) if seen else 0.0)
     blocks, reference_blocks, ratios = interleaved_blocks(call, reference.call, min_time, threads,
-                                                          reference_full_speed, sizes)
+                                                          reference_full_speed, sizes, early_stop)
     seen.append(fastest(reference_blocks))
     full_speed = fastest(blocks) / fastest(reference_blocks)
     return full_speed * reference.ms, [ratio * reference.ms / 1e3 for ratio in ratios]
@@ -264,6 +304,7 @@ class SplitLatency:
     halves_ms: list[float] = field(default_factory=list)
     ratios_ms: list[float] = field(default_factory=list)
     sizes: tuple[int, int] | None = None  # calls per block, found in the first half's warm-up
+    early_stop: bool = True  # a half may end once its fastest blocks are confirmed (CONFIRM_BLOCKS)
 
     def time_half(self) -> Latency:
         """Time the next half; the figure so far."""
@@ -272,7 +313,8 @@ class SplitLatency:
         with _threads(self.runtime, self.threads):
             if self.sizes is None:
                 self.sizes = block_sizes(self.call, self.reference.call, self.threads)
-            ms, ratios_ms = _relative(self.call, self.reference, self.min_time / 2, self.threads, self.sizes)
+            ms, ratios_ms = _relative(self.call, self.reference, self.min_time / 2, self.threads, self.sizes,
+                                      self.early_stop)
         self.halves_ms.append(ms)
         self.ratios_ms += ratios_ms
         return self.latency
@@ -407,12 +449,14 @@ def onnx_call(model: nn.Module, example: torch.Tensor, threads: int) -> Callable
 
 
 def start_latency(model: nn.Module, input_shape: tuple[int, ...], runtime: str, batch_size: int,
-                  threads: int, min_time: float, reference_ms: float | None = None) -> SplitLatency:
+                  threads: int, min_time: float, reference_ms: float | None = None,
+                  early_stop: bool = True) -> SplitLatency:
     """Make ``model`` (an inference form) ready to run in ``runtime`` and time the first half of its
     latency; ``SplitLatency.time_half`` times the second.
 
     ``reference_ms`` is the study's figure for the reference network (``reference_latency``); without
-    it the reference is timed here, once per process and setting.
+    it the reference is timed here, once per process and setting. ``early_stop=False`` spends the
+    whole ``min_time`` (a careful measurement).
     """
     input_shape = tuple(input_shape)
     if reference_ms is None:
@@ -420,15 +464,16 @@ def start_latency(model: nn.Module, input_shape: tuple[int, ...], runtime: str, 
     reference = Reference(reference_call(input_shape, runtime, batch_size, threads), reference_ms)
     with _threads(runtime, threads):
         call = runtime_call(model, _example(input_shape, batch_size), runtime, threads)
-    split = SplitLatency(call, reference, min_time, threads, runtime)
+    split = SplitLatency(call, reference, min_time, threads, runtime, early_stop=early_stop)
     split.time_half()
     return split
 
 
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], runtime: str, batch_size: int,
-                    threads: int, min_time: float, reference_ms: float | None = None) -> Latency:
+                    threads: int, min_time: float, reference_ms: float | None = None,
+                    early_stop: bool = True) -> Latency:
     """Latency of one forward pass of the inference form ``model`` in ``runtime``: both halves at once."""
-    split = start_latency(model, input_shape, runtime, batch_size, threads, min_time, reference_ms)
+    split = start_latency(model, input_shape, runtime, batch_size, threads, min_time, reference_ms, early_stop)
     latency = split.time_half()
     split.close()
     return latency
