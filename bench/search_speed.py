@@ -16,7 +16,8 @@ Three parts, each printing its inputs and ratios:
 - ``default``: ``mixsearch run spaces/mnist.yaml --trials N`` in a subprocess (one torch thread): the peak RSS of
   that one worker, and time outside training as a share of the trials' time (from the stored
   trials: 1 − Σ train_seconds / Σ (datetime_complete − datetime_start) over trained trials; what
-  lies outside is sampling, storage writes, measuring, test evaluation and artifacts).
+  lies outside is sampling, storage writes, measuring, the pruner's work between epochs, test
+  evaluation and artifacts).
 - ``e2e``: plain Optuna (its default sampler for two objectives, no pruning, the reference loop of
   bench/trainer.py as objective, the same space, images and recipe) for ``--trials`` trials; then
   mixsearch (its defaults: TPE, the ``pareto`` pruner; latency is not timed, since the spec
