@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -166,21 +165,19 @@ def random_shift_each(images: torch.Tensor, max_pixels: int, generator: torch.Ge
 EVAL_ACTIVATION_BYTES = 16 * 2**20
 MAX_EVAL_BATCH = 1000  # also the batch on an accelerator, and for a model that is not a built arch
 MIN_EVAL_BATCH = 8
-_eval_batches: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
 
 
 def eval_batch_size(model: nn.Module, images: torch.Tensor) -> int:
-    """The batch ``evaluate`` runs ``model`` with on ``images``: see EVAL_ACTIVATION_BYTES. Found
-    once per model (a trace on the meta device, about 0.05 s)."""
+    """The batch ``evaluate`` runs ``model`` with on ``images``: see EVAL_ACTIVATION_BYTES. The
+    activations come from the arch's static sizes, counted once per arch in a process (a trial
+    counted them when it sampled the arch)."""
+    from .measure.sizes import static_sizes
+
     arch = getattr(model, "arch", None)
     if images.device.type != "cpu" or arch is None:
         return MAX_EVAL_BATCH
-    if model not in _eval_batches:
-        from .measure.sizes import static_sizes
-
-        per_image = static_sizes(arch, tuple(images.shape[1:])).memory.peak_activation_bytes
-        _eval_batches[model] = max(MIN_EVAL_BATCH, min(MAX_EVAL_BATCH, EVAL_ACTIVATION_BYTES // max(per_image, 1)))
-    return _eval_batches[model]
+    per_image = static_sizes(arch, tuple(images.shape[1:])).memory.peak_activation_bytes
+    return max(MIN_EVAL_BATCH, min(MAX_EVAL_BATCH, EVAL_ACTIVATION_BYTES // max(per_image, 1)))
 
 
 @torch.inference_mode()
