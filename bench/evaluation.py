@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/evaluation.py [--archs 12] [--seed 0] [--images 4500] [--rounds 3] [--threads 1]
 
-Draws ``--archs`` archs from ``spaces/mnist.yaml`` (Optuna's RandomSampler, ``--seed``) and times,
+Draws ``--archs`` distinct archs from ``spaces/mnist.yaml`` (Optuna's RandomSampler, ``--seed``, as
+``bench/latency.py`` draws them) and times,
 for each, ``mixsearch.train.evaluate`` over ``--images`` bundled MNIST images (what a trial of the
 default study evaluates after training: 2,000 training and 2,500 test images) at a batch of 1,000
 and at the batch ``eval_batch_size`` picks, alternating, ``--rounds`` times; medians, side by side.
@@ -25,10 +26,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from latency import draw_archs  # noqa: E402  (bench/latency.py: distinct archs, seeded)
 
 from mixsearch.arch import arch_from_dict  # noqa: E402
 from mixsearch.data import load_splits  # noqa: E402
-from mixsearch.errors import ArchError  # noqa: E402
 from mixsearch.measure import static_sizes  # noqa: E402
 from mixsearch.models import build_model  # noqa: E402
 from mixsearch.spec import load_spec  # noqa: E402
@@ -41,23 +44,6 @@ def images_to_evaluate(count: int) -> tuple[torch.Tensor, torch.Tensor]:
     splits = load_splits(load_spec(str(SPEC)).data)
     images = torch.cat([splits.train_x, splits.test_x])[:count]
     return images, torch.cat([splits.train_y, splits.test_y])[:count]
-
-
-def draw_archs(count: int, seed: int, input_shape, num_classes: int) -> list:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = load_spec(str(SPEC)).space
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    archs = []
-    while len(archs) < count:
-        trial = study.ask()
-        try:
-            archs.append(space.sample(trial, input_shape, num_classes))
-        except ArchError:  # over a limit: a search prunes it, and so does this bench
-            pass
-        study.tell(trial, 0.0)
-    return archs
 
 
 def seconds(model, images, labels, batch_size: int) -> float:
@@ -106,7 +92,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     images, labels = images_to_evaluate(args.images)
-    archs = draw_archs(args.archs, args.seed, tuple(images.shape[1:]), 10)
+    archs = draw_archs(SPEC, args.archs, args.seed)[2]
     print(f"{len(images):,} bundled MNIST images; {len(archs)} archs from {SPEC.name} (seed {args.seed}); "
           f"{args.threads} torch thread(s); medians of {args.rounds} alternating rounds", flush=True)
     print("\n| arch | activations per image | batch | at 1,000 | at its batch | ratio |")
