@@ -1,14 +1,17 @@
 """Evaluation batches: sized to the cache (``mixsearch.train.eval_batch_size``) against a fixed 1,000.
 
     .venv/bin/python bench/evaluation.py [--archs 12] [--seed 0] [--images 4500] [--rounds 3] [--threads 1]
+        [--budgets-mib 16]
 
 Draws ``--archs`` distinct archs from ``spaces/mnist.yaml`` (Optuna's RandomSampler, ``--seed``, as
 ``bench/latency.py`` draws them) and times,
 for each, ``mixsearch.train.evaluate`` over ``--images`` bundled MNIST images (what a trial of the
-default study evaluates after training: 2,000 training and 2,500 test images) at a batch of 1,000
-and at the batch ``eval_batch_size`` picks, alternating, ``--rounds`` times; medians, side by side.
-Then, for the drawn arch with the most activations per image, the peak RSS of a fresh process that
-evaluates it at each setting (imports, data and model included). About two minutes on two cores.
+default study evaluates after training: 2,000 training and 2,500 test images) at a batch of 1,000,
+at the batch ``eval_batch_size`` picks (its budget of activations, ``EVAL_ACTIVATION_BYTES``) and at
+the batch each other budget of ``--budgets-mib`` would pick, in turns, ``--rounds`` times; medians,
+side by side, as ratios to the default. Then, for the drawn arch with the most activations per
+image, the peak RSS of a fresh process that evaluates it at a batch of 1,000 and at its batch
+(imports, data and model included). About two minutes on two cores.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from mixsearch.data import load_splits  # noqa: E402
 from mixsearch.measure import static_sizes  # noqa: E402
 from mixsearch.models import build_model  # noqa: E402
 from mixsearch.spec import load_spec  # noqa: E402
-from mixsearch.train import MAX_EVAL_BATCH, eval_batch_size, evaluate  # noqa: E402
+from mixsearch.train import EVAL_ACTIVATION_BYTES, MAX_EVAL_BATCH, eval_batch_size, evaluate  # noqa: E402
 
 SPEC = ROOT / "spaces" / "mnist.yaml"
 
@@ -89,33 +92,44 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4500)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--budgets-mib", type=float, nargs="*", default=[16],
+                        help="other budgets of activations per batch to time beside the default's")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     images, labels = images_to_evaluate(args.images)
     archs = draw_archs(SPEC, args.archs, args.seed)[2]
+    default = f"{EVAL_ACTIVATION_BYTES / 2**20:g} MiB"
+    budgets = {f"{mib:g} MiB": int(mib * 2**20) for mib in args.budgets_mib}
+    budgets.pop(default, None)
+    names = ["1,000", *budgets, default]
     print(f"{len(images):,} bundled MNIST images; {len(archs)} archs from {SPEC.name} (seed {args.seed}); "
-          f"{args.threads} torch thread(s); medians of {args.rounds} alternating rounds", flush=True)
-    print("\n| arch | activations per image | batch | at 1,000 | at its batch | ratio |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    totals = {"fixed": 0.0, "sized": 0.0}
+          f"{args.threads} torch thread(s); medians of {args.rounds} rounds in turns; batches: a fixed 1,000, "
+          f"and sized to {', '.join(names[1:])} of activations ({default}: eval_batch_size's default)", flush=True)
+    print("\n| arch | activations per image | " + " | ".join(f"batch at {name}" for name in names[1:]) + " | "
+          + " | ".join(f"at {name}" for name in names) + " | " + " | ".join(f"{name} / {default}" for name in names[:-1])
+          + " |")
+    print("|" + " --- |" * (2 + 2 * len(names) - 1 + len(names) - 1))
+    totals = dict.fromkeys(names, 0.0)
     largest = None
     for arch in archs:
         model = build_model(arch)
-        batch = eval_batch_size(model, images)
+        batches = {"1,000": MAX_EVAL_BATCH, **{name: eval_batch_size(model, images, size) for name, size in budgets.items()},
+                   default: eval_batch_size(model, images)}
         per_image = static_sizes(arch, tuple(images.shape[1:])).memory.peak_activation_bytes
         if largest is None or per_image > largest[1]:
-            largest = (arch, per_image, batch)
-        times = {"fixed": [], "sized": []}
+            largest = (arch, per_image, batches[default])
+        times = {name: [] for name in names}
         for round_ in range(args.rounds):
-            for name in (("fixed", "sized") if round_ % 2 == 0 else ("sized", "fixed")):
-                times[name].append(seconds(model, images, labels, MAX_EVAL_BATCH if name == "fixed" else batch))
-        fixed, sized = (statistics.median(times[name]) for name in ("fixed", "sized"))
-        totals["fixed"] += fixed
-        totals["sized"] += sized
-        print(f"| {arch.describe()} | {per_image / 1024:,.0f} KiB | {batch} | {fixed * 1e3:,.0f} ms | "
-              f"{sized * 1e3:,.0f} ms | {fixed / sized:.2f}× |", flush=True)
-    print(f"| all {len(archs)} | | | {totals['fixed']:.2f} s | {totals['sized']:.2f} s | "
-          f"**{totals['fixed'] / totals['sized']:.2f}×** |")
+            for name in (names if round_ % 2 == 0 else names[::-1]):
+                times[name].append(seconds(model, images, labels, batches[name]))
+        medians = {name: statistics.median(times[name]) for name in names}
+        for name in names:
+            totals[name] += medians[name]
+        print(f"| {arch.describe()} | {per_image / 1024:,.0f} KiB | " + " | ".join(str(batches[n]) for n in names[1:])
+              + " | " + " | ".join(f"{medians[n] * 1e3:,.0f} ms" for n in names) + " | "
+              + " | ".join(f"{medians[n] / medians[default]:.2f}×" for n in names[:-1]) + " |", flush=True)
+    print(f"| all {len(archs)} | |" + " |" * (len(names) - 1) + " " + " | ".join(f"{totals[n]:.2f} s" for n in names)
+          + " | " + " | ".join(f"**{totals[n] / totals[default]:.2f}×**" for n in names[:-1]) + " |")
     arch, per_image, batch = largest
     rss = {size: peak_rss_child(arch.to_dict(), size, args.images, args.threads) for size in (MAX_EVAL_BATCH, batch)}
     print(f"\npeak RSS of a process evaluating {arch.describe()} ({per_image / 1024:,.0f} KiB of activations "

@@ -159,25 +159,26 @@ def random_shift_each(images: torch.Tensor, max_pixels: int, generator: torch.Ge
 
 
 # On a CPU, evaluation batches are sized so that one batch's live activations (traced per image,
-# measure.memory) stay near EVAL_ACTIVATION_BYTES, within the last-level cache. Batches of 1,000
-# took 1.8-2.3× as long as batches of 64-128 for Mixers of 196 tokens, and raised a worker's peak
-# RSS by a quarter of a GiB, while small archs ran best at 1,000 (docs/performance.md).
-EVAL_ACTIVATION_BYTES = 16 * 2**20
+# measure.memory) stay near EVAL_ACTIVATION_BYTES, within the cache. Batches of 1,000 took
+# 1.8-2.3× as long as batches of 64-128 for Mixers of 196 tokens, and raised a worker's peak RSS by
+# a quarter of a GiB, while small archs ran best at 1,000; over 24 archs of the default space,
+# 4 MiB evaluated 1.14× faster than 16 MiB, and 2 and 8 MiB about as fast as 4 (docs/performance.md).
+EVAL_ACTIVATION_BYTES = 4 * 2**20
 MAX_EVAL_BATCH = 1000  # also the batch on an accelerator, and for a model that is not a built arch
 MIN_EVAL_BATCH = 8
 
 
-def eval_batch_size(model: nn.Module, images: torch.Tensor) -> int:
-    """The batch ``evaluate`` runs ``model`` with on ``images``: see EVAL_ACTIVATION_BYTES. The
-    activations come from the arch's static sizes, counted once per arch in a process (a trial
-    counted them when it sampled the arch)."""
+def eval_batch_size(model: nn.Module, images: torch.Tensor, activation_bytes: int = EVAL_ACTIVATION_BYTES) -> int:
+    """The batch ``evaluate`` runs ``model`` with on ``images``: ``activation_bytes`` of live
+    activations (see EVAL_ACTIVATION_BYTES). They come from the arch's static sizes, counted once
+    per arch in a process (a trial counted them when it sampled the arch)."""
     from .measure.sizes import static_sizes
 
     arch = getattr(model, "arch", None)
     if images.device.type != "cpu" or arch is None:
         return MAX_EVAL_BATCH
     per_image = static_sizes(arch, tuple(images.shape[1:])).memory.peak_activation_bytes
-    return max(MIN_EVAL_BATCH, min(MAX_EVAL_BATCH, EVAL_ACTIVATION_BYTES // max(per_image, 1)))
+    return max(MIN_EVAL_BATCH, min(MAX_EVAL_BATCH, activation_bytes // max(per_image, 1)))
 
 
 @torch.inference_mode()

@@ -63,10 +63,13 @@ def test_evaluation_batches_hold_their_activations_to_the_budget_and_give_the_sa
     # counted once per arch in a process: the trial counted it when it sampled it
     same = MixerArch(1, (28, 28), 10, 2, 48, 64, 128, 2)
     assert static_sizes(same, (1, 28, 28)) is static_sizes(large.arch, (1, 28, 28))
-    assert eval_batch_size(large, images) == EVAL_ACTIVATION_BYTES // per_image == 70
-    # 16 tokens: a batch of 1,000 holds a few MB, so the cap decides
+    assert eval_batch_size(large, images) == EVAL_ACTIVATION_BYTES // per_image == 17
+    assert eval_batch_size(large, images, activation_bytes=16 * 2**20) == 70
+    # 16 tokens: 6,272 bytes per image (the image itself is 3,136), so 668 fit; with a budget of
+    # 64 MiB a batch of 1,000 holds a few MB, and the cap decides
     small = build_model(MixerArch(1, (28, 28), 10, 1, 8, 16, 16, 7))
-    assert eval_batch_size(small, images) == MAX_EVAL_BATCH
+    assert eval_batch_size(small, images) == 668
+    assert eval_batch_size(small, images, activation_bytes=64 * 2**20) == MAX_EVAL_BATCH
     # a module that is not a built arch, and any model on another device, keep the cap
     assert eval_batch_size(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)), images) == MAX_EVAL_BATCH
     assert eval_batch_size(large, images.to("meta")) == MAX_EVAL_BATCH
