@@ -81,3 +81,32 @@ def enqueued_params(trial: FrozenTrial) -> dict[str, Any]:
     public API exposes.
     """
     return dict(trial.system_attrs.get("fixed_params") or {})
+
+
+def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Set several user attributes of a running trial: in one transaction on a database storage.
+
+    ``Trial.set_user_attr`` commits each attribute on its own, and on SQLite a commit waits for
+    the file to reach the disk (2-4 ms): a trial stores about 35 attributes, and those waits were
+    a fifth of its time outside training. ``RDBStorage`` has no public call for several, so its
+    own step for one attribute runs here once per attribute inside one session; the trial's
+    cached copy is updated as ``set_user_attr`` does. Any other storage, or an Optuna whose
+    internals moved, gets one ``set_user_attr`` per attribute (the journal's log entries hold one
+    attribute each in any case).
+    """
+    storage = unwrap_storage(trial.storage)
+    write_one = getattr(storage, "_set_trial_attr_without_commit", None)
+    if isinstance(storage, optuna.storages.RDBStorage) and write_one is not None and len(attrs) > 1:
+        try:
+            from optuna.storages._rdb import models
+            from optuna.storages._rdb.storage import _create_scoped_session
+        except ImportError:
+            pass
+        else:
+            with _create_scoped_session(storage.scoped_session, True) as session:
+                for key, value in attrs.items():
+                    write_one(session, models.TrialUserAttributeModel, trial._trial_id, key, value)
+            trial._cached_frozen_trial.user_attrs.update(attrs)
+            return
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)

@@ -28,7 +28,7 @@ from .errors import ArchError
 from .measure import (STATIC_ATTRS, SplitLatency, StaticMetrics, StaticSizes, finish_static, start_static,
                       static_sizes, stored_latency)
 from .models import build_model
-from .optuna_compat import fail_running_trial
+from .optuna_compat import fail_running_trial, set_user_attrs
 from .pruning import MultiObjectivePruner, TrialView
 from .seeds import SeedResult, measure_seed, repeat_seeds, seed_attrs, train_seed
 from .spec import Spec
@@ -62,10 +62,8 @@ def identity(arch: Arch, recipe: TrainRecipe) -> str:
 
 def prune(trial: optuna.Trial, reason: str, epoch: int, result: TrainResult | None = None):
     """End the trial as PRUNED, saying why and at which epoch."""
-    if result is not None:
-        record_training(trial, result)
-    trial.set_user_attr("pruned_reason", reason)
-    trial.set_user_attr("pruned_epoch", epoch)
+    attrs = training_attrs(result) if result is not None else {}
+    set_user_attrs(trial, {**attrs, "pruned_reason": reason, "pruned_epoch": epoch})
     raise optuna.TrialPruned(reason)
 
 
@@ -88,11 +86,8 @@ def sample(trial: optuna.Trial, spec: Spec, splits: Splits) -> Sampled:
         prune(trial, f"impossible arch: {exc}", 0)
     recipe = spec.sample_recipe(trial)
     key = identity(arch, recipe)
-    trial.set_user_attr("arch", arch.to_dict())
-    trial.set_user_attr("arch_summary", arch.describe())
-    trial.set_user_attr("family", arch.family)
-    trial.set_user_attr("arch_hash", key)
-    trial.set_user_attr("recipe", recipe.to_dict())
+    set_user_attrs(trial, {"arch": arch.to_dict(), "arch_summary": arch.describe(), "family": arch.family,
+                           "arch_hash": key, "recipe": recipe.to_dict()})
     return Sampled(arch, recipe, key, sizes)
 
 
@@ -105,7 +100,6 @@ def build_and_measure(trial: optuna.Trial, sampled: Sampled, spec: Spec, splits:
     The latency is its first half's; the timing that is returned takes the second (``finish_latency``).
     ``latency_machine``: this machine's line where it is not the study's (``study.foreign_machine``),
     stored on a trial whose latency it times."""
-    trial.set_user_attr("seed", seed)  # `mixsearch train` repeats the trial with it
     torch.manual_seed(seed)
     model = build_model(sampled.arch)
     try:  # a repeat of an arch (any recipe) reuses its latency; an arch ONNX cannot express is impossible
@@ -115,10 +109,10 @@ def build_and_measure(trial: optuna.Trial, sampled: Sampled, spec: Spec, splits:
                                      reference_ms=trial.study.user_attrs.get("latency_reference_ms"))
     except ArchError as exc:
         prune(trial, f"impossible arch: {exc}", 0)
-    for key, value in static.to_dict().items():
-        trial.set_user_attr(key, value)
+    attrs = {"seed": seed, **static.to_dict()}  # `mixsearch train` repeats the trial with its seed
     if split is not None and latency_machine is not None:
-        trial.set_user_attr("latency_machine", latency_machine)
+        attrs["latency_machine"] = latency_machine
+    set_user_attrs(trial, attrs)
     return model, static, split
 
 
@@ -130,8 +124,7 @@ def finish_latency(trial: optuna.Trial, static: StaticMetrics, split: SplitLaten
     if split is None:
         return static
     static = finish_static(static, split)
-    trial.set_user_attr("latency_ms", static.latency_ms)
-    trial.set_user_attr("latency_iqr_ms", static.latency_iqr_ms)
+    set_user_attrs(trial, {"latency_ms": static.latency_ms, "latency_iqr_ms": static.latency_iqr_ms})
     return static
 
 
@@ -162,8 +155,7 @@ def check_constraints(trial: optuna.Trial, constraints: dict[str, float], static
         trial.set_constraint(name, (value - bound) / bound if bound else value)
     violations = constraint_violations(constraints, static)
     if violations:
-        trial.set_user_attr("infeasible_reason", "; ".join(violations))
-        trial.set_user_attr("epochs_run", 0)
+        set_user_attrs(trial, {"infeasible_reason": "; ".join(violations), "epochs_run": 0})
     return violations
 
 
@@ -183,11 +175,9 @@ def reuse(trial: optuna.Trial, original: FrozenTrial) -> list[float]:
     A repeat of a pruned arch is pruned at once: its original was stopped as hopeless (or
     diverged), and training it again from another seed would mostly pay for the same answer.
     """
-    trial.set_user_attr("duplicate_of", original.number)
-    for key, value in original.user_attrs.items():
-        if key not in trial.user_attrs and key not in _NOT_COPIED:
-            trial.set_user_attr(key, value)
-    trial.set_user_attr("epochs_run", 0)
+    copied = {key: value for key, value in original.user_attrs.items()
+              if key not in trial.user_attrs and key not in _NOT_COPIED}
+    set_user_attrs(trial, {"duplicate_of": original.number, **copied, "epochs_run": 0})
     for key, value in original.constraints.items():
         trial.set_constraint(key, value)
     if original.state == TrialState.PRUNED:
@@ -203,10 +193,13 @@ def epoch_dict(result: EpochResult) -> dict[str, float]:
             "val_accuracy": round(result.val_accuracy, 5), "seconds": round(result.seconds, 3)}
 
 
+def training_attrs(result: TrainResult) -> dict[str, Any]:
+    return {"curve": [epoch_dict(r) for r in result.curve], "epochs_run": result.epochs_run,
+            "train_seconds": round(result.train_seconds, 3)}
+
+
 def record_training(trial: optuna.Trial, result: TrainResult) -> None:
-    trial.set_user_attr("curve", [epoch_dict(r) for r in result.curve])
-    trial.set_user_attr("epochs_run", result.epochs_run)
-    trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
+    set_user_attrs(trial, training_attrs(result))
 
 
 def finished_views(study: optuna.Study, objectives: list[str]) -> list[TrialView]:
@@ -291,8 +284,7 @@ def record_seeds(trial: optuna.Trial, results: list[SeedResult]) -> float:
     """Store the seeds' results (means, and per-seed lists and std for several); return the mean
     validation accuracy, the trial's accuracy objective."""
     attrs = seed_attrs(results)
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
+    set_user_attrs(trial, attrs)
     return attrs["val_accuracy"]
 
 

@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 from conftest import TINY_SPEC, merge
 from mixsearch.measure import StaticMetrics
 from mixsearch.measure.memory import MemoryProfile
+from mixsearch.optuna_compat import set_user_attrs, storage_of, unwrap_storage
 from mixsearch.pruning import ParetoPruner
 from mixsearch.spec import parse_spec
 from mixsearch.train import EpochResult, TrainRecipe, TrainResult
@@ -45,6 +46,38 @@ def test_duplicate_step_finds_the_finished_trial_with_the_same_arch_hash(tmp_pat
     assert find_duplicate(reopened, "run-3") is None  # a running trial has no result to reuse
     assert find_duplicate(reopened, "new-4") is None
     assert pruned == 0
+
+
+def test_the_attrs_of_one_step_reach_a_database_in_one_commit_and_a_journal_one_by_one(tmp_path):
+    from optuna.storages.journal import JournalFileBackend
+    from sqlalchemy import event
+
+    attrs = {"arch": {"layers": 2, "channels": [16, 32]}, "arch_summary": "mixer L2", "epochs_run": 0, "ms": 0.25}
+    study = sqlite_study(tmp_path)
+    commits = []
+    event.listen(unwrap_storage(storage_of(study)).engine, "commit", lambda connection: commits.append(1))
+    trial = study.ask()
+    commits.clear()
+    set_user_attrs(trial, attrs)
+    assert len(commits) == 1  # where Trial.set_user_attr commits once per attr:
+    trial.set_user_attr("one", 1)
+    trial.set_user_attr("two", 2)
+    assert len(commits) == 3
+    assert trial.user_attrs == {**attrs, "one": 1, "two": 2}  # the trial's own copy, as set_user_attr keeps it
+    reopened = optuna.load_study(study_name="steps", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert reopened.trials[0].user_attrs == {**attrs, "one": 1, "two": 2}
+    study.tell(trial, [0.5, 10.0])
+    with pytest.raises(RuntimeError, match="finished"):  # as set_user_attr refuses, and nothing is written
+        set_user_attrs(trial, {"epochs_run": 3, "late": True})
+    assert reopened.trials[0].user_attrs == {**attrs, "one": 1, "two": 2}
+
+    journal = optuna.create_study(storage=optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "j.log"))),
+                                  study_name="steps", directions=["maximize", "minimize"])
+    trial = journal.ask()
+    set_user_attrs(trial, attrs)
+    again = optuna.load_study(study_name="steps", storage=optuna.storages.JournalStorage(
+        JournalFileBackend(str(tmp_path / "j.log"))))
+    assert again.trials[0].user_attrs == attrs == trial.user_attrs
 
 
 # The figures of a linear classifier of 28x28 images: 7,850 params.
