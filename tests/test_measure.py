@@ -56,6 +56,30 @@ def test_in_place_and_views_make_no_new_tensor_and_shared_weights_count_once():
     assert profile.activation_bytes_written == 60 * FLOAT
 
 
+def test_shape_keeping_modules_skipped_on_meta_give_the_profile_of_running_every_op(monkeypatch):
+    import mixsearch.measure.memory as memory
+
+    archs = [MixerArch(1, (28, 28), 10, 2, 16, 32, 64, 4, 2), MixerArch(1, (28, 28), 10, 3, 32, 16, 64, 7,
+             token_mixing="raft", raft_size=4, sharing={"channel.fc1": (0, 0, 1)})]
+    for arch in archs:
+        with torch.device("meta"):
+            model = inference_model(build_model(arch))
+        example = torch.zeros((2, 1, 28, 28), device="meta")
+
+        def not_run(module, x):
+            raise AssertionError(f"{type(module).__name__} ran on meta tensors")
+        with monkeypatch.context() as patched:
+            patched.setattr(nn.LayerNorm, "forward", not_run)
+            patched.setattr(nn.GELU, "forward", not_run)
+            skipped = peak_memory(model, example)
+        monkeypatch.setattr(memory, "SHAPE_KEEPING", ())  # every layer norm and GELU runs its meta op
+        assert peak_memory(model, example) == skipped
+        monkeypatch.undo()
+        # and both agree with a pass on real tensors
+        real = inference_model(build_model(arch))
+        assert peak_memory(real, torch.zeros(2, 1, 28, 28)) == skipped
+
+
 def one_block_mobilenet(mode: str) -> MobileNetArch:
     # 1x8x8 image → stem 3x3 conv to 6 channels → one 3x3 stride-2 block to 8 channels → head.
     return MobileNetArch(1, (8, 8), 10, 6, (BlockArch(8, 3, 2, mode),))

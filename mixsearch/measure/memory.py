@@ -32,6 +32,13 @@ class MemoryProfile:
         return self.weight_bytes + self.peak_activation_bytes
 
 
+# Modules whose output is always a new tensor shaped like their input. On meta tensors such a node
+# gets an empty tensor of that shape instead of running: a meta layer norm runs torch's Python
+# reference of it (about 2 ms a call), a third of the time to count an arch, for a shape known in
+# advance. Neither adds FLOPs (the counter counts matmuls and convolutions).
+SHAPE_KEEPING = (nn.LayerNorm, nn.GELU)
+
+
 class _Recorder(fx.Interpreter):
     """Runs the graph and keeps every node's output (meta tensors cost nothing to keep)."""
 
@@ -40,9 +47,19 @@ class _Recorder(fx.Interpreter):
         self.outputs: dict[fx.Node, object] = {}
 
     def run_node(self, node: fx.Node):
-        result = super().run_node(node)
+        result = self._shaped_like_input(node)
+        if result is None:
+            result = super().run_node(node)
         self.outputs[node] = result
         return result
+
+    def _shaped_like_input(self, node: fx.Node) -> torch.Tensor | None:
+        if node.op != "call_module" or not isinstance(self.module.get_submodule(node.target), SHAPE_KEEPING):
+            return None
+        source = self.outputs.get(node.args[0]) if node.args else None
+        if not isinstance(source, torch.Tensor) or source.device.type != "meta":
+            return None
+        return torch.empty_like(source)
 
 
 def weight_bytes(model: nn.Module) -> int:
