@@ -124,7 +124,8 @@ def test_the_pruner_sees_the_trials_other_workers_finish_while_this_one_trains(t
         for epoch, accuracy in enumerate([0.30, 0.31, 0.32, 0.33], 1):
             if epoch == 2:  # after this trial's first pruning decision, with nothing finished yet
                 theirs_finish()
-            result.curve.append(EpochResult(epoch, 1.0, accuracy, 0.1))
+            # epochs of a second: the finished trials are read afresh at each (STORAGE_EVERY_SECONDS)
+            result.curve.append(EpochResult(epoch, 1.0, accuracy, 1.0))
             if on_epoch(result.curve[-1]):
                 result.stopped_early = True
                 break
@@ -135,3 +136,41 @@ def test_the_pruner_sees_the_trials_other_workers_finish_while_this_one_trains(t
         train_with_pruning(ours, torch.nn.Linear(1, 1), spec, SimpleNamespace(train_x=torch.zeros(1)),
                            TrainRecipe(epochs=4), LINEAR, pruner, 0, Reporter(), trainer)
     assert ours.user_attrs["epochs_run"] == 2 and ours.user_attrs["pruned_epoch"] == 2
+
+
+def test_short_epochs_store_their_curve_and_read_the_finished_trials_once_a_second_of_training(tmp_path):
+    """Epochs of 0.25 s: the running curve is written and the finished trials read at the first
+    epoch and then at every fourth; the pruner decides at every epoch with what was last read."""
+    study = sqlite_study(tmp_path)
+    spec = parse_spec(merge(TINY_SPEC, {"train": {"epochs": 8}}), "tiny.yaml")
+    ours = study.ask()
+    stored_curves = []
+
+    def theirs_finish():
+        for params in (2_000, 3_000):
+            theirs = study.ask()
+            theirs.set_user_attr("curve", [{"epoch": e, "val_accuracy": 0.9} for e in range(1, 9)])
+            theirs.set_user_attr("params", params)
+            study.tell(theirs, [0.90, params])
+
+    def trainer(model, splits, recipe, seed, on_epoch):
+        result = TrainResult()
+        for epoch in range(1, 9):
+            result.curve.append(EpochResult(epoch, 1.0, 0.3, 0.25))
+            stop = on_epoch(result.curve[-1])
+            stored_curves.append(len(study.trials[0].user_attrs.get("curve", [])))
+            if epoch == 1:  # finished while ours trains: the pruner learns of them at the next read
+                theirs_finish()
+            if stop:
+                result.stopped_early = True
+                break
+        return result
+
+    pruner = ParetoPruner(warmup_epochs=1, margin=0.01, min_finished=2)
+    with pytest.raises(optuna.TrialPruned, match="dominated by trial"):
+        train_with_pruning(ours, torch.nn.Linear(1, 1), spec, SimpleNamespace(train_x=torch.zeros(1)),
+                           TrainRecipe(epochs=8), LINEAR, pruner, 0, Reporter(), trainer)
+    # epoch 1 stores its curve; epochs 2-4 add 0.75 s and store nothing; epoch 5 stores, reads
+    # the two finished trials and is pruned; the pruned trial's whole curve is stored with it
+    assert stored_curves == [1, 1, 1, 1, 5]
+    assert ours.user_attrs["pruned_epoch"] == 5 and len(study.trials[0].user_attrs["curve"]) == 5
