@@ -105,62 +105,27 @@ def test_constraints_step_marks_an_arch_infeasible_with_its_reason(tmp_path):
     assert second.constraints == {"params": (7850 - 10000) / 10000}
 
 
-def test_the_pruner_sees_the_trials_other_workers_finish_while_this_one_trains(tmp_path):
-    """With several workers, trials finish while one trains; each epoch's decision counts them."""
-    study = sqlite_study(tmp_path)
-    spec = parse_spec(merge(TINY_SPEC, {"train": {"epochs": 4}}), "tiny.yaml")
-    ours = study.ask()
+def finish_rivals(study, accuracies):
+    """Two of another worker's trials, with 2,000 and 3,000 params: smaller than the running one."""
+    for params in (2_000, 3_000):
+        theirs = study.ask()
+        theirs.set_user_attr("curve", [{"epoch": e, "val_accuracy": a} for e, a in enumerate(accuracies, 1)])
+        theirs.set_user_attr("params", params)
+        study.tell(theirs, [accuracies[-1], params])
 
-    def theirs_finish():  # two of another worker's trials: smaller than ours, and far more accurate
-        for params in (2_000, 3_000):
-            theirs = study.ask()
-            theirs.set_user_attr("curve", [{"epoch": e, "val_accuracy": a}
-                                           for e, a in enumerate([0.80, 0.85, 0.88, 0.90], 1)])
-            theirs.set_user_attr("params", params)
-            study.tell(theirs, [0.90, params])
+
+def train_pruned_by_rivals(study, accuracies, seconds, after_epoch):
+    """Train the study's first trial on scripted epochs (``accuracies``, ``seconds`` each) under the
+    pareto pruner, calling ``after_epoch(epoch)`` once each epoch is judged; it must end pruned."""
+    spec = parse_spec(merge(TINY_SPEC, {"train": {"epochs": len(accuracies)}}), "tiny.yaml")
+    ours = study.ask()
 
     def trainer(model, splits, recipe, seed, on_epoch):
         result = TrainResult()
-        for epoch, accuracy in enumerate([0.30, 0.31, 0.32, 0.33], 1):
-            if epoch == 2:  # after this trial's first pruning decision, with nothing finished yet
-                theirs_finish()
-            # epochs of a second: the finished trials are read afresh at each (STORAGE_EVERY_SECONDS)
-            result.curve.append(EpochResult(epoch, 1.0, accuracy, 1.0))
-            if on_epoch(result.curve[-1]):
-                result.stopped_early = True
-                break
-        return result
-
-    pruner = ParetoPruner(warmup_epochs=1, margin=0.01, min_finished=2)
-    with pytest.raises(optuna.TrialPruned, match="dominated by trial"):
-        train_with_pruning(ours, torch.nn.Linear(1, 1), spec, SimpleNamespace(train_x=torch.zeros(1)),
-                           TrainRecipe(epochs=4), LINEAR, pruner, 0, Reporter(), trainer)
-    assert ours.user_attrs["epochs_run"] == 2 and ours.user_attrs["pruned_epoch"] == 2
-
-
-def test_short_epochs_store_their_curve_and_read_the_finished_trials_once_a_second_of_training(tmp_path):
-    """Epochs of 0.25 s: the running curve is written and the finished trials read at the first
-    epoch and then at every fourth; the pruner decides at every epoch with what was last read."""
-    study = sqlite_study(tmp_path)
-    spec = parse_spec(merge(TINY_SPEC, {"train": {"epochs": 8}}), "tiny.yaml")
-    ours = study.ask()
-    stored_curves = []
-
-    def theirs_finish():
-        for params in (2_000, 3_000):
-            theirs = study.ask()
-            theirs.set_user_attr("curve", [{"epoch": e, "val_accuracy": 0.9} for e in range(1, 9)])
-            theirs.set_user_attr("params", params)
-            study.tell(theirs, [0.90, params])
-
-    def trainer(model, splits, recipe, seed, on_epoch):
-        result = TrainResult()
-        for epoch in range(1, 9):
-            result.curve.append(EpochResult(epoch, 1.0, 0.3, 0.25))
+        for epoch, accuracy in enumerate(accuracies, 1):
+            result.curve.append(EpochResult(epoch, 1.0, accuracy, seconds))
             stop = on_epoch(result.curve[-1])
-            stored_curves.append(len(study.trials[0].user_attrs.get("curve", [])))
-            if epoch == 1:  # finished while ours trains: the pruner learns of them at the next read
-                theirs_finish()
+            after_epoch(epoch)
             if stop:
                 result.stopped_early = True
                 break
@@ -169,7 +134,35 @@ def test_short_epochs_store_their_curve_and_read_the_finished_trials_once_a_seco
     pruner = ParetoPruner(warmup_epochs=1, margin=0.01, min_finished=2)
     with pytest.raises(optuna.TrialPruned, match="dominated by trial"):
         train_with_pruning(ours, torch.nn.Linear(1, 1), spec, SimpleNamespace(train_x=torch.zeros(1)),
-                           TrainRecipe(epochs=8), LINEAR, pruner, 0, Reporter(), trainer)
+                           TrainRecipe(epochs=len(accuracies)), LINEAR, pruner, 0, Reporter(), trainer)
+    return ours
+
+
+def test_the_pruner_sees_the_trials_other_workers_finish_while_this_one_trains(tmp_path):
+    """With several workers, trials finish while one trains; each epoch's decision counts them."""
+    study = sqlite_study(tmp_path)
+
+    def after_epoch(epoch):  # after this trial's first pruning decision, with nothing finished before
+        if epoch == 1:
+            finish_rivals(study, [0.80, 0.85, 0.88, 0.90])
+
+    # epochs of a second: the finished trials are read afresh at each (STORAGE_EVERY_SECONDS)
+    ours = train_pruned_by_rivals(study, [0.30, 0.31, 0.32, 0.33], 1.0, after_epoch)
+    assert ours.user_attrs["epochs_run"] == 2 and ours.user_attrs["pruned_epoch"] == 2
+
+
+def test_short_epochs_store_their_curve_and_read_the_finished_trials_once_a_second_of_training(tmp_path):
+    """Epochs of 0.25 s: the running curve is written and the finished trials read at the first
+    epoch and then at every fourth; the pruner decides at every epoch with what was last read."""
+    study = sqlite_study(tmp_path)
+    stored_curves = []
+
+    def after_epoch(epoch):
+        stored_curves.append(len(study.trials[0].user_attrs.get("curve", [])))
+        if epoch == 1:  # finished while ours trains: the pruner learns of them at its next read
+            finish_rivals(study, [0.9] * 8)
+
+    ours = train_pruned_by_rivals(study, [0.3] * 8, 0.25, after_epoch)
     # epoch 1 stores its curve; epochs 2-4 add 0.75 s and store nothing; epoch 5 stores, reads
     # the two finished trials and is pruned; the pruned trial's whole curve is stored with it
     assert stored_curves == [1, 1, 1, 1, 5]
