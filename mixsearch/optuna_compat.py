@@ -87,7 +87,7 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     """Set several user attributes of a running trial: in one transaction on a database storage.
 
     ``Trial.set_user_attr`` commits each attribute on its own, and on SQLite a commit waits for
-    the file to reach the disk (2-4 ms): a trial stores about 35 attributes, and those waits were
+    the file to reach the disk (2-4 ms): a trial stored 34 attributes, and those waits were about
     a fifth of its time outside training. ``RDBStorage`` has no public call for several, so its
     own step for one attribute runs here once per attribute inside one session; the trial's
     cached copy is updated as ``set_user_attr`` does. Any other storage, or an Optuna whose

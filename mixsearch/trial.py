@@ -256,9 +256,9 @@ def train_with_pruning(trial: optuna.Trial, model: torch.nn.Module, spec: Spec, 
         result = (trainer or train)(model, splits, recipe, seed=seed, on_epoch=on_epoch)
     except DivergenceError as exc:
         prune(trial, f"diverged: {exc}", exc.epoch, exc.partial)
-    record_training(trial, result)
     if result.stopped_early:
-        prune(trial, pruned_reason or "pruned", result.epochs_run, result)
+        prune(trial, pruned_reason or "pruned", result.epochs_run, result)  # stores the training with the reason
+    record_training(trial, result)
     return result
 
 
