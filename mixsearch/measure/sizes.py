@@ -96,7 +96,7 @@ COUNTED_KEPT = 64
 
 
 def static_sizes(arch: Arch, input_shape: tuple[int, int, int], batch_size: int = 1) -> StaticSizes:
-    """Params, FLOPs and peak memory of ``arch``, counted on a meta model (about 0.05 s, once per
+    """Params, FLOPs and peak memory of ``arch``, counted on a meta model (0.03-0.05 s, once per
     arch, shape and batch in a process); ``ArchError`` over a limit."""
     arch.validate()  # checks the depth and widths first (``check_shape``)
     key = (arch_hash(arch), tuple(input_shape), batch_size)
