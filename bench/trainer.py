@@ -30,6 +30,7 @@ process is also what each worker of ``mixsearch run --jobs 2`` uses.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gzip
 import math
@@ -50,7 +51,7 @@ from mixsearch.arch import MixerArch, patch_span  # noqa: E402
 from mixsearch.data import MNIST_FILES, Splits, bundled_mnist_dir  # noqa: E402
 from mixsearch.models import build_model, count_params  # noqa: E402
 from mixsearch.models.mixer import MixerLayer  # noqa: E402
-from mixsearch.train import TrainRecipe, train  # noqa: E402
+from mixsearch.train import TrainRecipe, flat_parameters, train  # noqa: E402
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 BATCH_SIZE, LR = 64, 1e-3
@@ -178,7 +179,7 @@ def training_flops_per_image(model: nn.Module) -> float:
 
 
 def ablation_variants(dilation: int) -> dict:
-    """name → (model factory, optimizer options, threads, bf16 autocast)."""
+    """name → (model factory, optimizer options, threads, bf16 autocast, flat parameters)."""
     def plain():
         return PlainMixer(dilation=dilation)
 
@@ -192,15 +193,17 @@ def ablation_variants(dilation: int) -> dict:
             layer.forward = functools.partial(compiled_mixer_layer(), layer)
         return model
 
+    fused = {"fused": True}
     return {
-        "plain model, Adam per-tensor loop": (plain, {}, 1, False),
-        "plain model, Adam foreach": (plain, {"foreach": True}, 1, False),
-        "plain model, Adam fused": (plain, {"fused": True}, 1, False),
-        "token-major model, Adam per-tensor loop": (ours, {}, 1, False),
-        "token-major model, Adam fused (the trainer)": (ours, {"fused": True}, 1, False),
-        "the trainer, bf16 autocast": (ours, {"fused": True}, 1, True),
-        "the trainer, 2 threads": (ours, {"fused": True}, 2, False),
-        "the trainer, Mixer layers compiled (dynamic shapes)": (compiled_layers, {"fused": True}, 1, False),
+        "plain model, Adam per-tensor loop": (plain, {}, 1, False, False),
+        "plain model, Adam foreach": (plain, {"foreach": True}, 1, False, False),
+        "plain model, Adam fused": (plain, fused, 1, False, False),
+        "token-major model, Adam per-tensor loop": (ours, {}, 1, False, False),
+        "token-major model, Adam fused": (ours, fused, 1, False, False),
+        "token-major model, Adam fused, flat parameters (the trainer)": (ours, fused, 1, False, True),
+        "the trainer, bf16 autocast": (ours, fused, 1, True, True),
+        "the trainer, 2 threads": (ours, fused, 2, False, True),
+        "the trainer, Mixer layers compiled (dynamic shapes)": (compiled_layers, fused, 1, False, True),
     }
 
 
@@ -209,25 +212,29 @@ def compiled_mixer_layer():
     return torch.compile(MixerLayer.forward, dynamic=True)
 
 
-def time_steps(factory, optimizer_options, threads, bf16, splits, steps: int) -> tuple[float, float]:
+def time_steps(factory, optimizer_options, threads, bf16, flat, splits, steps: int) -> tuple[float, float]:
     """(img/s of ``steps`` training steps on tensors (no DataLoader), seconds of the 5 warm-up steps
     before them: where a compiled model compiles)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = factory()
-    optimizer = torch.optim.Adam(model.parameters(), lr=LR, **optimizer_options)
     order = torch.randint(0, len(splits.train_y), (steps + 5, BATCH_SIZE))
-    warm_up = time.perf_counter()
-    for i, index in enumerate(order):
-        if i == 5:
-            started = time.perf_counter()
-            warm_up = started - warm_up
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(model(splits.train_x[index]), splits.train_y[index])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return steps * BATCH_SIZE / (time.perf_counter() - started), warm_up
+    with flat_parameters(model) if flat else contextlib.nullcontext(list(model.parameters())) as params:
+        optimizer = torch.optim.Adam(params, lr=LR, **optimizer_options)
+        warm_up = time.perf_counter()
+        for i, index in enumerate(order):
+            if i == 5:
+                started = time.perf_counter()
+                warm_up = started - warm_up
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(model(splits.train_x[index]), splits.train_y[index])
+            if flat:
+                params[0].grad.zero_()  # the gradients are views of it that backward adds into
+            else:
+                optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return steps * BATCH_SIZE / (time.perf_counter() - started), warm_up
 
 
 def ablation(splits, dilations, rounds: int, steps: int) -> None:

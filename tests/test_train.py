@@ -1,7 +1,8 @@
-"""The trainer's augmentations, on real MNIST images."""
+"""The trainer: its augmentations, evaluation batches, timing and flat parameters, on real MNIST images."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -13,8 +14,8 @@ from mixsearch.data import load_splits
 from mixsearch.measure import static_sizes
 from mixsearch.models import build_model
 from mixsearch.spec import parse_spec
-from mixsearch.train import (EVAL_ACTIVATION_BYTES, MAX_EVAL_BATCH, TrainRecipe, eval_batch_size, evaluate,
-                             random_shift, random_shift_each, train)
+from mixsearch.train import (EVAL_ACTIVATION_BYTES, MAX_EVAL_BATCH, DivergenceError, TrainRecipe, eval_batch_size,
+                             evaluate, flat_parameters, random_shift, random_shift_each, train)
 
 
 def real_images(count: int) -> torch.Tensor:
@@ -91,3 +92,65 @@ def test_training_time_is_the_epochs_own_and_leaves_out_what_on_epoch_does():
     assert [e.epoch for e in result.curve] == [1, 2]
     assert result.train_seconds == pytest.approx(sum(e.seconds for e in result.curve))
     assert 0 < result.train_seconds < 0.3  # two epochs of 300 images; the callback's 0.6 s is not in it
+
+
+SHARING_MIXER = MixerArch(in_channels=1, image_size=(28, 28), num_classes=10, layers=3, channels=8, token_hidden=8,
+                          channel_hidden=8, patch_size=7, sharing={"token.fc1": (0, 0, 0), "channel.fc2": (0, 0, 1)},
+                          bias={"token.fc1": "separate"})
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd"])
+def test_flat_parameters_train_to_the_weights_per_parameter_updates_give(monkeypatch, optimizer):
+    splits = load_splits(parse_spec(TINY_SPEC, "tiny.yaml").data)
+    recipe = TrainRecipe(epochs=2, batch_size=64, optimizer=optimizer)
+    torch.manual_seed(0)
+    initial = build_model(SHARING_MIXER).state_dict()
+
+    def trained() -> dict:
+        model = build_model(SHARING_MIXER)
+        model.load_state_dict(initial)
+        train(model, splits, recipe, seed=3)
+        return model.state_dict()
+
+    flat = trained()
+    with monkeypatch.context() as patch:  # the optimizer over each parameter, as without flat_parameters
+        patch.setattr("mixsearch.train.flat_parameters",
+                      lambda model: contextlib.nullcontext(list(model.parameters())))
+        per_parameter = trained()
+    for name, value in flat.items():
+        assert not torch.equal(value, initial[name]), name  # trained, not left as it was
+        # Adam folds its weight decay into the gradient; the fused kernel may round that 1 ulp apart.
+        assert torch.allclose(value, per_parameter[name], rtol=0, atol=1e-6), name
+    if optimizer != "adam":
+        assert all(torch.equal(value, per_parameter[name]) for name, value in flat.items())
+
+
+def test_flat_parameters_are_views_within_and_own_storages_after_training_or_divergence():
+    torch.manual_seed(0)
+    model = build_model(SHARING_MIXER)
+    params = list(model.parameters())
+    shared = model.layers[0].token_mixing.mlp.fc1.weight
+    assert model.layers[2].token_mixing.mlp.fc1.weight is shared
+    with flat_parameters(model) as (flat,):
+        assert flat.numel() == sum(p.numel() for p in params)
+        assert all(p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr() for p in params)
+        assert all(p.grad.untyped_storage().data_ptr() == flat.grad.untyped_storage().data_ptr() for p in params)
+        flat.data.add_(1.0)  # what an optimizer's step over ``flat`` does to every parameter
+        assert shared.grad.abs().sum() == 0
+    assert all(p.untyped_storage().nbytes() == p.numel() * p.element_size() for p in params)
+    assert all(p.grad is None for p in params)
+    assert model.layers[2].token_mixing.mlp.fc1.weight is shared  # sharing is still one object
+    torch.manual_seed(0)
+    assert all(torch.equal(p, q + 1.0) for p, q in zip(params, build_model(SHARING_MIXER).parameters()))
+
+    splits = load_splits(parse_spec(TINY_SPEC, "tiny.yaml").data)
+    with pytest.raises(DivergenceError):
+        train(model, splits, TrainRecipe(epochs=1, batch_size=64, optimizer="sgd", lr=1e30, momentum=0.0))
+    assert all(p.untyped_storage().nbytes() == p.numel() * p.element_size() for p in params)
+
+
+def test_parameters_of_several_dtypes_are_left_as_they_are():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2).double())
+    with flat_parameters(model) as params:
+        assert params == list(model.parameters())
+        assert all(p.grad is None for p in params)
