@@ -1,7 +1,8 @@
 """Several worker processes on one study, on this machine: spawn, supervise, forward interrupts.
 
 Each worker is a ``mixsearch worker`` process running ``run_study`` on the shared storage, so a
-crash in one trial takes down one worker, not the run. CPU threads are split between workers.
+crash in one trial takes down one worker, not the run. CPU threads are split between workers, and
+when one leaves (the study has no trial left to start, or it failed) the others take up its threads.
 
 Starting a worker needs only the spec's path, so ``run_parallel`` starts them before it imports
 torch and Optuna itself: this module imports them only inside its functions.
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from .spec import Spec
 
 STARTUP_POLL_SECONDS = 0.2  # how often the first worker is checked for having created the study
+EXIT_POLL_SECONDS = 0.2  # how often the workers are checked for having left
+# Sent to every running worker each time another one leaves: its threads are free to take up.
+SIBLING_LEFT = signal.SIGUSR1
 
 
 @dataclass
@@ -68,7 +72,7 @@ def worker_command(spec_file: str, jobs: int, trials: int | None = None, timeout
     added per worker). It needs nothing from the spec but its path: the storage URL comes later,
     with the "go" on the worker's standard input."""
     command = [sys.executable, "-m", "mixsearch", "worker", spec_file, "--threads", str(threads_per_worker(jobs)),
-               "--spec-checked", "--parent", str(os.getpid()), "--wait-for-go"]
+               "--siblings", str(jobs), "--spec-checked", "--parent", str(os.getpid()), "--wait-for-go"]
     for flag, value in (("--trials", trials), ("--timeout", timeout), ("--seed", seed), ("--artifacts", artifacts),
                         ("--repeats", repeats)):
         if value is not None:
@@ -104,8 +108,9 @@ def run_parallel(spec: Spec | str, jobs: int, storage_url: str | None = None, tr
     # and with loading and checking the spec here; they wait for a "go" on their standard input.
     # Then the first creates the study (and queues its enqueued entries), the others (--join)
     # wait in their own process until it is set up.
-    workers = [subprocess.Popen(command + ["--index", str(i)] + (["--join"] if i else []),
-                                process_group=0, stdin=subprocess.PIPE) for i in range(jobs)]
+    with _ignored_in_children(SIBLING_LEFT):
+        workers = [subprocess.Popen(command + ["--index", str(i)] + (["--join"] if i else []),
+                                    process_group=0, stdin=subprocess.PIPE) for i in range(jobs)]
     try:
         from .storage import load_study, mask_password, open_storage, study_names
 
@@ -136,7 +141,7 @@ def run_parallel(spec: Spec | str, jobs: int, storage_url: str | None = None, tr
         _interrupt(workers)
     while True:
         try:
-            codes = [w.wait() for w in workers]
+            codes = _wait_for_workers(workers, announce_departures=not interrupted)
             break
         except KeyboardInterrupt:
             if interrupted:
@@ -148,6 +153,86 @@ def run_parallel(spec: Spec | str, jobs: int, storage_url: str | None = None, tr
     study = load_study(storage, name, mask_password(plan.storage_url)) if name in study_names(storage) else None
     return ParallelSummary(study, plan.storage_url, codes, interrupted or 130 in codes,
                            time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def _ignored_in_children(signum: int):
+    """Processes started within ignore ``signum`` until they set a handler (an ignored signal stays
+    ignored across exec): a SIBLING_LEFT sent to a worker still starting up must not end it, as the
+    signal's default action would. This process ignores it meanwhile too (only possible, and only
+    done, on the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signum, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signum, previous)
+
+
+def _wait_for_workers(workers: list[subprocess.Popen], announce_departures: bool) -> list[int]:
+    """Wait until every worker has left; their exit codes. Each time one leaves, the others still
+    running are sent SIBLING_LEFT (see ``ThreadShare``), unless ``announce_departures`` is
+    off (after an interrupt, when they are all leaving)."""
+    gone: set[int] = set()
+    while len(gone) < len(workers):
+        left = [i for i, w in enumerate(workers) if i not in gone and w.poll() is not None]
+        gone.update(left)
+        if left and announce_departures:
+            for i, w in enumerate(workers):
+                if i not in gone:
+                    with contextlib.suppress(ProcessLookupError):
+                        w.send_signal(SIBLING_LEFT)
+        if len(gone) < len(workers):
+            time.sleep(EXIT_POLL_SECONDS)
+    return [w.returncode for w in workers]
+
+
+class ThreadShare:
+    """The torch threads of a worker of ``run --jobs``: its planned share, and those of the workers
+    that have left.
+
+    ``siblings`` workers were started with ``threads`` each on ``cores`` CPUs (default: those this
+    process may run on). Each SIBLING_LEFT from the parent says one more has left; this worker then
+    runs ``max(threads, cores // workers still running)`` threads. So the last trials of a study,
+    which one worker often trains alone while the others have nothing left to start, get the whole
+    machine. Two departures announced at once may arrive as one signal: the worker then takes up
+    fewer threads than it could, never more than there are cores.
+
+    Made first thing in a worker, before torch is imported (until then the worker ignores the
+    signal, see ``_ignored_in_children``); ``start`` sets the threads once torch is in, and ``stop``
+    ignores the signal again once the worker has no more trials to run: the interpreter's shutdown
+    would restore the default action, which ends the process with an error code.
+    """
+
+    def __init__(self, siblings: int, threads: int, cores: int | None = None):
+        self.siblings = siblings
+        self.planned = threads
+        self.cores = cores or len(os.sched_getaffinity(0))
+        self.departed = 0
+        self._torch = None
+        signal.signal(SIBLING_LEFT, self._sibling_left)
+
+    @property
+    def threads(self) -> int:
+        return max(self.planned, self.cores // (self.siblings - self.departed))
+
+    def start(self) -> None:
+        import torch
+
+        self._torch = torch
+        torch.set_num_threads(self.threads)
+
+    def stop(self) -> None:
+        signal.signal(SIBLING_LEFT, signal.SIG_IGN)
+
+    def _sibling_left(self, signum, frame) -> None:  # runs in the main thread, between two Python steps
+        self.departed = min(self.departed + 1, self.siblings - 1)
+        if self._torch is not None:
+            self._torch.set_num_threads(self.threads)
 
 
 def wait_for_go() -> str | None:

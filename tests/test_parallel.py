@@ -381,3 +381,73 @@ def test_a_journal_on_a_file_system_without_flock_falls_back_to_optunas_lock_fil
     reread = optuna.load_study(study_name="fallback", storage=JournalStorage(JournalFileBackend(str(journal))))
     assert reread.user_attrs == {"appended": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.log"]  # its lock file went after each append
+
+
+@pytest.fixture
+def restore_threads_and_sibling_signal():
+    import torch
+
+    from mixsearch.parallel import SIBLING_LEFT
+    threads, handler = torch.get_num_threads(), signal.getsignal(SIBLING_LEFT)
+    yield
+    torch.set_num_threads(threads)
+    signal.signal(SIBLING_LEFT, handler)
+
+
+def test_a_worker_takes_up_the_threads_of_the_workers_that_leave(restore_threads_and_sibling_signal):
+    import torch
+
+    from mixsearch.parallel import SIBLING_LEFT, ThreadShare
+    torch.set_num_threads(1)
+    share = ThreadShare(siblings=3, threads=1, cores=4)
+    signal.raise_signal(SIBLING_LEFT)  # before the worker has set torch up: counted, applied at start
+    assert (share.departed, share.threads, torch.get_num_threads()) == (1, 2, 1)
+    share.start()
+    assert torch.get_num_threads() == 2  # 4 cores, 2 workers still running
+    signal.raise_signal(SIBLING_LEFT)
+    assert (share.departed, share.threads, torch.get_num_threads()) == (2, 4, 4)  # alone: every core
+    signal.raise_signal(SIBLING_LEFT)  # a stray signal never counts this worker out
+    assert (share.departed, torch.get_num_threads()) == (2, 4)
+    share.stop()
+    signal.raise_signal(SIBLING_LEFT)  # ignored now, as during the interpreter's shutdown
+    assert signal.getsignal(SIBLING_LEFT) is signal.SIG_IGN
+
+    # Never fewer than planned: 2 workers of 3 threads on 4 cores keep their 3 while both run.
+    share = ThreadShare(siblings=2, threads=3, cores=4)
+    share.start()
+    assert torch.get_num_threads() == 3
+    signal.raise_signal(SIBLING_LEFT)
+    assert torch.get_num_threads() == 4
+
+
+SIGNAL_COUNTER = """
+import signal, sys, time
+received = []
+signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
+print("ready", flush=True)
+deadline = time.monotonic() + 20
+while not received and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(len(received), flush=True)
+"""
+
+
+def test_when_a_worker_leaves_the_others_are_told_and_a_worker_starting_up_ignores_it():
+    from mixsearch.parallel import SIBLING_LEFT, _ignored_in_children, _wait_for_workers
+
+    assert SIBLING_LEFT == signal.SIGUSR1
+    with _ignored_in_children(SIBLING_LEFT):
+        leaving = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5); raise SystemExit(3)"])
+        staying = subprocess.Popen([sys.executable, "-c", SIGNAL_COUNTER], stdout=subprocess.PIPE, text=True)
+        # No handler of its own: the ignored signal, inherited, keeps it alive.
+        starting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2)"])
+    assert signal.getsignal(SIBLING_LEFT) is not signal.SIG_IGN  # this process has its own handler back
+    try:
+        assert staying.stdout.readline() == "ready\n"
+        codes = _wait_for_workers([leaving, staying, starting], announce_departures=True)
+        assert codes == [3, 0, 0]
+        assert staying.stdout.read().split() == ["1"]
+    finally:
+        for process in (leaving, staying, starting):
+            process.kill()
+            process.wait()

@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--join", action="store_true", help="wait until another worker has created the study, "
                         "then join it (how run --jobs starts its workers)")
     worker.add_argument("--spec-checked", action="store_true", help=argparse.SUPPRESS)  # run --jobs checked it
+    # the workers run --jobs started, this one among them: it takes up the threads of those that leave
+    worker.add_argument("--siblings", type=_positive_int, help=argparse.SUPPRESS)
     worker.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # the run --jobs process; stop when it dies
     # until it has checked the spec; it then names the storage: "go URL" on standard input
     worker.add_argument("--wait-for-go", action="store_true", help=argparse.SUPPRESS)

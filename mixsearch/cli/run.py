@@ -144,6 +144,18 @@ def cmd_run(args) -> int:
 
 def cmd_worker(args) -> int:
     """One more worker on a shared study: trial lines, no progress bar, no Pareto table."""
+    from ..parallel import ThreadShare
+
+    # First of all: from here on, a sibling worker (of run --jobs) that leaves hands this one its threads.
+    share = ThreadShare(args.siblings, args.threads or 1) if args.siblings else None
+    try:
+        return _work(args, share)
+    finally:
+        if share is not None:
+            share.stop()
+
+
+def _work(args, share) -> int:
     import secrets
 
     import torch
@@ -162,7 +174,9 @@ def cmd_worker(args) -> int:
             return 0  # the run --jobs process found the spec wrong and says why; nothing was touched
     # Workers that run --jobs started read the file its parent has just checked: loading is enough.
     spec = load_spec(args.spec) if args.spec_checked else _load_checked(args.spec)
-    if args.threads:
+    if share is not None:
+        share.start()
+    elif args.threads:
         torch.set_num_threads(args.threads)
     url = given_url or run_storage(args.storage or spec.study.storage, spec.study.name, 2)[0]
     seed = spec.study.seed if args.seed is None else args.seed
@@ -178,8 +192,11 @@ def cmd_worker(args) -> int:
         summary = run_study(spec, storage_url=url, trials=args.trials, timeout=args.timeout, seed=args.seed,
                             reporter=LineReporter(name, list(spec.objectives)), sampler_seed=sampler_seed,
                             artifacts=args.artifacts, repeats=args.repeats)
+    took_up = ""
+    if share is not None and share.departed:
+        took_up = f"; {share.threads} torch threads after {share.departed} other worker(s) left"
     print_whole_line(f"{name}: {summary.added} trials added in {summary.seconds:.0f} s; {summary.finished} "
-                     f"finished in {mask_password(url)}")
+                     f"finished in {mask_password(url)}{took_up}")
     return 130 if summary.interrupted else 0
 
 
