@@ -568,3 +568,17 @@ def test_a_memory_constraint_marks_the_trial_infeasible(tmp_path, monkeypatch):
     assert trial.user_attrs["infeasible_reason"].startswith("memory ")
     assert trial.user_attrs["epochs_run"] == 0 and trial.user_attrs["memory_bytes"] > 1000
     assert summary.study.user_attrs["latency_runtime"] == f"torch {torch.__version__}"
+
+
+def test_warm_up_leaves_one_counted_arch_as_a_count_of_it_would(monkeypatch):
+    from mixsearch.measure import sizes
+
+    monkeypatch.setattr(sizes, "_counted", type(sizes._counted)())
+    sizes.warm_up()
+    assert len(sizes._counted) == 1
+    (arch_key, shape, batch), counted = next(iter(sizes._counted.items()))
+    assert (shape, batch) == ((1, 28, 28), 1)
+    arch = MixerArch(in_channels=1, image_size=(28, 28), num_classes=10, layers=1, channels=8, token_hidden=8,
+                     channel_hidden=8, patch_size=7)
+    assert counted.params == sum(p.numel() for p in build_model(arch).parameters())
+    assert static_sizes(arch, (1, 28, 28)) is counted  # the first trial of that arch counts nothing again

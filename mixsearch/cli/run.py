@@ -169,6 +169,8 @@ def _work(args, share) -> int:
         stop_with_parent(args.parent)
     given_url = None
     if args.wait_for_go:  # a worker of run --jobs: its parent names the storage once the spec passed
+        from ..measure.sizes import warm_up
+        warm_up()  # meanwhile
         given_url = wait_for_go()
         if given_url is None:
             return 0  # the run --jobs process found the spec wrong and says why; nothing was touched

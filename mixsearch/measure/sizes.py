@@ -107,6 +107,17 @@ def static_sizes(arch: Arch, input_shape: tuple[int, int, int], batch_size: int 
     return _counted[key]
 
 
+def warm_up() -> None:
+    """Count a small Mixer. The first count in a process takes about a second, most of it torch
+    loading what meta tensors and the FLOP counter need; later ones of any family take 0.02-0.05 s.
+    A worker of ``run --jobs`` does this while its parent checks the spec, so that its first trial
+    does not."""
+    from ..arch import MixerArch
+
+    static_sizes(MixerArch(in_channels=1, image_size=(28, 28), num_classes=10, layers=1, channels=8,
+                           token_hidden=8, channel_hidden=8, patch_size=7), (1, 28, 28))
+
+
 def _count_sizes(arch: Arch, input_shape: tuple[int, int, int], batch_size: int) -> StaticSizes:
     from ..models import build_model, inference_model
 
