@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 from .errors import UsageError
 
@@ -208,13 +208,17 @@ class ThreadShare:
     would restore the default action, which ends the process with an error code.
     """
 
+    active: ClassVar[ThreadShare | None] = None  # this process's, once made
+
     def __init__(self, siblings: int, threads: int, cores: int | None = None):
         self.siblings = siblings
         self.planned = threads
         self.cores = cores or len(os.sched_getaffinity(0))
         self.departed = 0
+        self.held = False  # inside ``threads_held``: a new count waits
         self._torch = None
         signal.signal(SIBLING_LEFT, self._sibling_left)
+        ThreadShare.active = self
 
     @property
     def threads(self) -> int:
@@ -224,15 +228,35 @@ class ThreadShare:
         import torch
 
         self._torch = torch
-        torch.set_num_threads(self.threads)
+        self.apply()
+
+    def apply(self) -> None:
+        if self._torch is not None and not self.held:
+            self._torch.set_num_threads(self.threads)
 
     def stop(self) -> None:
         signal.signal(SIBLING_LEFT, signal.SIG_IGN)
+        ThreadShare.active = None
 
     def _sibling_left(self, signum, frame) -> None:  # runs in the main thread, between two Python steps
         self.departed = min(self.departed + 1, self.siblings - 1)
-        if self._torch is not None:
-            self._torch.set_num_threads(self.threads)
+        self.apply()
+
+
+@contextlib.contextmanager
+def threads_held():
+    """Inside, torch's thread count is the caller's (a latency timing's): a worker that learns
+    of a sibling's departure meanwhile takes up its threads only on leaving the block."""
+    share = ThreadShare.active
+    if share is None or share.held:
+        yield
+        return
+    share.held = True
+    try:
+        yield
+    finally:
+        share.held = False
+        share.apply()
 
 
 def wait_for_go() -> str | None:

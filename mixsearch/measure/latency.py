@@ -397,14 +397,19 @@ def reference_latency(input_shape: tuple[int, ...], runtime: str, batch_size: in
 
 @contextmanager
 def _threads(runtime: str, threads: int):
-    """Eager torch runs with ``threads`` threads inside the block, as the deployed model would."""
-    previous = torch.get_num_threads()
-    if runtime == "torch":
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+    """Eager torch runs with ``threads`` threads inside the block, as the deployed model would.
+    A worker of ``run --jobs`` that meanwhile learns that another has left takes up its threads
+    only after the block (``parallel.threads_held``)."""
+    from ..parallel import threads_held
+
+    with threads_held():
+        previous = torch.get_num_threads()
+        if runtime == "torch":
+            torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
 
 
 def export_onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
