@@ -221,7 +221,8 @@ def recover_trials(study: optuna.Study) -> list[int]:
 def run_study(spec: Spec, storage_url: str | None = None, trials: int | None = None,
               timeout: float | None = None, seed: int | None = None,
               reporter: Reporter | None = None, sampler_seed: int | None = None,
-              artifacts: str | None = None, jobs: int = 1, repeats: int | None = None):
+              artifacts: str | None = None, jobs: int = 1, repeats: int | None = None,
+              leave_when_all_started: bool = False):
     """Run (or resume) the study until ``trials`` finished trials exist in total.
 
     ``jobs`` > 1 runs that many worker processes instead (``parallel.run_parallel``, which needs
@@ -231,7 +232,10 @@ def run_study(spec: Spec, storage_url: str | None = None, trials: int | None = N
     starts a trial only while finished plus running trials fall short of ``trials``, then waits
     for the others, so the study ends with exactly ``trials`` finished trials. Trials of dead
     workers are failed and their params tried again first. Ctrl-C fails the running trial with
-    reason "interrupted" and returns a summary with ``interrupted`` set. Trained trials upload
+    reason "interrupted" and returns a summary with ``interrupted`` set. With
+    ``leave_when_all_started`` a process returns once the trials under way would reach ``trials``,
+    instead of waiting: a worker of ``run --jobs`` does, so that the workers still training take up
+    its threads (``parallel.ThreadShare``); one whose trial fails starts the next itself. Trained trials upload
     their files to the artifact store in ``artifacts`` (default: see ``artifacts.artifact_dir``).
     ``repeats`` (default ``study.repeats``) trains each arch and recipe with that many seeds.
     """
@@ -283,6 +287,8 @@ def run_study(spec: Spec, storage_url: str | None = None, trials: int | None = N
                 if finished >= target:
                     break
                 if finished + running >= target:  # enough trials under way; one may still fail
+                    if leave_when_all_started:
+                        break
                     lock.release()
                     time.sleep(POLL_SECONDS)
                     continue
@@ -296,8 +302,10 @@ def run_study(spec: Spec, storage_url: str | None = None, trials: int | None = N
         objective.fail_current(study, "interrupted")
     # The plots are drawn a last time by the worker whose trial ended last, when every trial is
     # in; the others would only draw the same plots again, after the last trial (about a second
-    # each with --jobs 2). A worker that ran no trial draws them: it may be the only one.
-    if interrupted or objective.current is None or ended_last(study, objective.current):
+    # each with --jobs 2). A worker that ran no trial draws them: it may be the only one. One that
+    # leaves while others' trials run does not: one of those ends last.
+    others_running = leave_when_all_started and not interrupted and slot_counts(study)[1] > 0
+    if interrupted or (not others_running and (objective.current is None or ended_last(study, objective.current))):
         refresh_plots(study)
     return RunSummary(study, storage_url, finished_count(study) - before, finished_count(study),
                       time.perf_counter() - started, splits.source, interrupted)

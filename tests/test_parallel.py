@@ -253,6 +253,28 @@ def test_a_trial_that_ends_while_a_worker_counts_does_not_start_an_extra_one(tmp
     assert summary.added == 1 and summary.finished == 2
 
 
+def test_a_worker_of_run_jobs_leaves_once_every_trial_is_under_way_and_the_survivor_finishes(tmp_path, monkeypatch):
+    """``leave_when_all_started``: with the target's trials all under way, a worker returns at once
+    (its parent then hands its threads to the others) and draws no plots; a worker whose trial
+    fails after that starts the next one itself, so the study still reaches its target."""
+    import mixsearch.study as study_module
+
+    spec, url, other, theirs = _one_finished_and_theirs_running(tmp_path)
+    drawn = []
+    monkeypatch.setattr(study_module, "refresh_plots", lambda study: drawn.append(len(study.trials)))
+    started = time.perf_counter()
+    summary = study_module.run_study(spec, storage_url=url, trials=2, leave_when_all_started=True)
+    assert time.perf_counter() - started < study_module.POLL_SECONDS * 4  # no waiting for theirs
+    assert (summary.added, summary.finished, drawn) == (0, 1, [])
+    assert other.trials[theirs.number].state == TrialState.RUNNING  # left to its worker
+
+    other.tell(theirs.number, state=TrialState.FAIL)  # their trial fails once this worker has left
+    summary = study_module.run_study(spec, storage_url=url, trials=2, leave_when_all_started=True)
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert (summary.added, summary.finished, drawn) == (1, 2, [3])  # ended last: it draws
+
+
 @pytest.mark.parametrize("theirs_ends", ["first", "last"])
 def test_only_the_worker_whose_trial_ends_last_draws_the_final_plots(tmp_path, monkeypatch, theirs_ends):
     """Each worker ends by waiting for the others' trials; the one whose trial ended last has seen

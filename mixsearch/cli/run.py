@@ -193,7 +193,7 @@ def _work(args, share) -> int:
                 return 130
         summary = run_study(spec, storage_url=url, trials=args.trials, timeout=args.timeout, seed=args.seed,
                             reporter=LineReporter(name, list(spec.objectives)), sampler_seed=sampler_seed,
-                            artifacts=args.artifacts, repeats=args.repeats)
+                            artifacts=args.artifacts, repeats=args.repeats, leave_when_all_started=share is not None)
     took_up = ""
     if share is not None and share.departed:
         took_up = f"; {share.threads} torch threads after {share.departed} other worker(s) left"
