@@ -7,8 +7,9 @@ Three parts, each printing its inputs and ratios:
 
 - ``jobs``: the same small spec (below) run by ``mixsearch run --jobs 1`` and ``--jobs 2`` (own
   storages, same seed); finished trials per hour of each and their ratio. ``--jobs 1`` runs with
-  one torch thread (``OMP_NUM_THREADS=1``), as each of the two workers does, so the ratio measures
-  the parallelism and not the thread count. Each run's time is split into start-up (to the first
+  one torch thread (``OMP_NUM_THREADS=1``), as each of the two workers does while both train, so
+  the ratio measures the parallelism and not the thread count; a worker left training alone at
+  the end takes up the other's thread. Each run's time is split into start-up (to the first
   trial's start), trials and the time after the last trial. Beside them, the ceiling: a fixed
   piece of training work run by one process alone, then by two at once. ``--jobs-spec
   spaces/mnist.yaml --trials 30`` runs this part on the default study instead (about 13 minutes
