@@ -234,9 +234,10 @@ def run_study(spec: Spec, storage_url: str | None = None, trials: int | None = N
     workers are failed and their params tried again first. Ctrl-C fails the running trial with
     reason "interrupted" and returns a summary with ``interrupted`` set. With
     ``leave_when_all_started`` a process returns once the trials under way would reach ``trials``,
-    instead of waiting: a worker of ``run --jobs`` does, so that the workers still training take up
-    its threads (``parallel.ThreadShare``); one whose trial fails starts the next itself. Trained trials upload
-    their files to the artifact store in ``artifacts`` (default: see ``artifacts.artifact_dir``).
+    instead of waiting: a worker of ``run --jobs`` does, so that the workers still training take
+    up its threads (``parallel.ThreadShare``); one whose trial fails starts the next itself.
+    Trained trials upload their files to the artifact store in ``artifacts`` (default: see
+    ``artifacts.artifact_dir``).
     ``repeats`` (default ``study.repeats``) trains each arch and recipe with that many seeds.
     """
     if jobs > 1:
@@ -305,7 +306,8 @@ def run_study(spec: Spec, storage_url: str | None = None, trials: int | None = N
     # each with --jobs 2). A worker that ran no trial draws them: it may be the only one. One that
     # leaves while others' trials run does not: one of those ends last.
     others_running = leave_when_all_started and not interrupted and slot_counts(study)[1] > 0
-    if interrupted or (not others_running and (objective.current is None or ended_last(study, objective.current))):
+    last = objective.current is None or ended_last(study, objective.current)
+    if interrupted or (last and not others_running):
         refresh_plots(study)
     return RunSummary(study, storage_url, finished_count(study) - before, finished_count(study),
                       time.perf_counter() - started, splits.source, interrupted)

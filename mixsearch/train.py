@@ -121,9 +121,10 @@ def flat_parameters(model: nn.Module):
 
     Backward accumulates each gradient in place into its view, and an optimizer over ``[flat]``
     updates every parameter in one call. Adam, AdamW and SGD (momentum, Nesterov, weight decay)
-    act element by element, so the update is the same as per parameter. What it saves is the
+    act element by element, so the update is the same as per parameter, except that a parameter
+    which gets no gradient is stepped with a zero one rather than skipped. What it saves is the
     optimizer's per-tensor bookkeeping: with the few dozen small tensors of a Mixer, ``step`` and
-    ``zero_grad`` over each tensor took 7-9% of a training step (docs/performance.md).
+    ``zero_grad`` over each tensor took 5-9% of a training step (docs/performance.md).
     On exit each parameter gets a storage of its own again, holding its trained values.
     """
     params = [p for p in model.parameters() if p.requires_grad]
