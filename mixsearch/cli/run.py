@@ -55,6 +55,7 @@ class LineReporter:
     def __init__(self, name: str, objectives: list[str]):
         self.name = name
         self.objectives = objectives
+        self.ran = 0  # trials this process ran to their end (the study's count includes other workers')
 
     def data_loaded(self, splits): ...
     def study_opened(self, finished, target): ...
@@ -65,6 +66,7 @@ class LineReporter:
         print_whole_line(f"{self.name}: warning: {text}", sys.stderr)
 
     def trial_finished(self, trial):
+        self.ran += 1
         print_whole_line(f"{self.name}: {trial_line(trial, self.objectives)}")
 
 
@@ -191,13 +193,14 @@ def _work(args, share) -> int:
                 wait_for_study(url, spec.study.name)
             except KeyboardInterrupt:
                 return 130
+        reporter = LineReporter(name, list(spec.objectives))
         summary = run_study(spec, storage_url=url, trials=args.trials, timeout=args.timeout, seed=args.seed,
-                            reporter=LineReporter(name, list(spec.objectives)), sampler_seed=sampler_seed,
+                            reporter=reporter, sampler_seed=sampler_seed,
                             artifacts=args.artifacts, repeats=args.repeats, leave_when_all_started=share is not None)
     took_up = ""
     if share is not None and share.departed:
         took_up = f"; {share.threads} torch threads after {share.departed} other worker(s) left"
-    print_whole_line(f"{name}: {summary.added} trials added in {summary.seconds:.0f} s; {summary.finished} "
+    print_whole_line(f"{name}: ran {reporter.ran} trials in {summary.seconds:.0f} s; the study has {summary.finished} "
                      f"finished in {mask_password(url)}{took_up}")
     return 130 if summary.interrupted else 0
 
