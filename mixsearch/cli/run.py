@@ -200,7 +200,8 @@ def _work(args, share) -> int:
     took_up = ""
     if share is not None and share.departed:
         took_up = f"; {share.threads} torch threads after {share.departed} other worker(s) left"
-    print_whole_line(f"{name}: ran {reporter.ran} trials in {summary.seconds:.0f} s; the study has {summary.finished} "
+    trials = f"{reporter.ran} trial{'' if reporter.ran == 1 else 's'}"
+    print_whole_line(f"{name}: ran {trials} in {summary.seconds:.0f} s; the study has {summary.finished} "
                      f"finished in {mask_password(url)}{took_up}")
     return 130 if summary.interrupted else 0
 
