@@ -228,10 +228,7 @@ def time_steps(factory, optimizer_options, threads, bf16, flat, splits, steps: i
                 warm_up = started - warm_up
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = F.cross_entropy(model(splits.train_x[index]), splits.train_y[index])
-            if flat:
-                params[0].grad.zero_()  # the gradients are views of it that backward adds into
-            else:
-                optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=not flat)  # flat: the gradients are views backward adds into
             loss.backward()
             optimizer.step()
         return steps * BATCH_SIZE / (time.perf_counter() - started), warm_up

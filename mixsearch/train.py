@@ -147,13 +147,6 @@ def flat_parameters(model: nn.Module):
             p.grad = None
 
 
-def _zero_grads(params: list[nn.Parameter]) -> None:
-    """Zero the gradients in place: with ``flat_parameters`` they are views that backward adds into."""
-    for p in params:
-        if p.grad is not None:
-            p.grad.zero_()
-
-
 def _make_schedule(optimizer: torch.optim.Optimizer, recipe: TrainRecipe, total_steps: int):
     # Stepped once per batch, so the schedule shape does not depend on the batch count.
     if recipe.schedule == "cosine":
@@ -278,7 +271,8 @@ def _train_epochs(model: nn.Module, params: list[nn.Parameter], splits: Splits, 
             elif recipe.augmentation == "shift_each":
                 images = random_shift_each(images, recipe.shift_pixels, generator)
             loss = F.cross_entropy(model(images), labels, label_smoothing=recipe.label_smoothing)
-            _zero_grads(params)
+            # In place, not set to None: with flat_parameters the gradients are views backward adds into.
+            optimizer.zero_grad(set_to_none=False)
             loss.backward()
             optimizer.step()
             if schedule is not None:
