@@ -13,10 +13,11 @@ D_S 64 D_C 64 L4 at dilation 1 and 2.
 
 Printed: img/s of each (training images over the wall time of the whole training call, per-epoch
 evaluation included, dataset construction excluded), their ratio, test accuracy mean ± std over
-the seeds, the machine's fp32 matmul peak and the share of it the trainer reaches. The two
-trainers alternate run by run, so load from other processes hits both alike; ratios are the
-figures to read. About 12 minutes on two CPU cores for the full protocol; ``--quick`` (1 epoch,
-one seed) takes about one.
+the seeds, the machine's fp32 matmul peak and the share of it the trainer reaches. Every training
+runs in a fresh process, so none inherits another's state (the C allocator's heap, torch's caches
+and warm-ups), and the two trainers alternate run by run, so load from other processes hits both
+alike; ratios are the figures to read. About 12 minutes on two CPU cores for the full protocol;
+``--quick`` (1 epoch, one seed) takes about one.
 
 MNIST files: ``--mnist DIR`` (a folder of the four IDX files, gzipped or not, e.g. the full set);
 by default the package's bundled subset, whose 12,000 / 2,500 images hold the protocol's. They are
@@ -34,10 +35,12 @@ import contextlib
 import functools
 import gzip
 import math
+import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -263,22 +266,31 @@ def mixer_arch(dilation: int) -> MixerArch:
                      channel_hidden=64, patch_size=4, dilation=dilation)
 
 
-def run_reference(dilation, seed, train_set, test_set, epochs) -> tuple[float, float]:
+def timed_run(trainer, dilation, seed, root, sizes, epochs, threads) -> tuple[float, float]:
+    """(seconds, test accuracy) of one training, in the process that calls it: datasets built from
+    ``root`` first (not timed), then the training call timed."""
+    torch.set_num_threads(threads)
+    train_set, test_set = reference_datasets(root, *sizes)
     torch.manual_seed(seed)
-    model = PlainMixer(dilation=dilation)
-    started = time.perf_counter()
-    accuracy = reference_train(model, train_set, test_set, epochs)
-    return time.perf_counter() - started, accuracy
-
-
-def run_mixsearch(dilation, seed, splits, epochs) -> tuple[float, float]:
-    torch.manual_seed(seed)
+    if trainer == "reference":
+        model = PlainMixer(dilation=dilation)
+        started = time.perf_counter()
+        accuracy = reference_train(model, train_set, test_set, epochs)
+        return time.perf_counter() - started, accuracy
+    splits = splits_from(train_set, test_set)
     model = build_model(mixer_arch(dilation))
     recipe = TrainRecipe(epochs=epochs, batch_size=BATCH_SIZE, optimizer="adam", lr=LR, schedule="constant",
                          weight_decay=0.0, device="cpu")
     started = time.perf_counter()
     result = train(model, splits, recipe, seed=seed)
     return time.perf_counter() - started, result.val_accuracy
+
+
+def in_fresh_process(function, *args):
+    """``function(*args)`` in a new Python process: no run inherits another's state (the C
+    allocator's heap, torch's caches and warm-ups)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
 
 
 def mean_std(values: list[float]) -> str:
@@ -308,34 +320,31 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = torchvision_root(mnist_dir, Path(tmp))
-        train_set, test_set = reference_datasets(root, args.train_size, args.test_size)
-        splits = splits_from(train_set, test_set)
+        sizes = (args.train_size, args.test_size)
         if args.ablation:
-            return ablation(splits, args.dilations, args.ablation, args.steps)
+            return ablation(splits_from(*reference_datasets(root, *sizes)), args.dilations, args.ablation, args.steps)
         peak = matmul_peak_gflops()
-        print(f"MNIST from {mnist_dir}: {len(train_set):,} train / {len(test_set):,} test images; "
+        print(f"MNIST from {mnist_dir}: {sizes[0]:,} train / {sizes[1]:,} test images; "
               f"{args.epochs} epochs, batch {BATCH_SIZE}, Adam lr {LR:g} constant; seeds {args.seeds}; "
               f"{args.threads} torch threads; fp32 matmul peak {peak:.0f} GFLOP/s")
+        contenders = ["reference", "mixsearch"]
         rows = []
         for dilation in args.dilations:
             params = count_params(build_model(mixer_arch(dilation)))
             plain_params = count_params(PlainMixer(dilation=dilation))
             assert params == plain_params, (params, plain_params)
-            times = {"reference": [], "mixsearch": []}
-            accuracy = {"reference": [], "mixsearch": []}
+            times = {who: [] for who in contenders}
+            accuracy = {who: [] for who in contenders}
             for i, seed in enumerate(args.seeds):
                 # Alternate who goes first, so a burst of outside load does not always hit one.
-                order = ["reference", "mixsearch"] if i % 2 == 0 else ["mixsearch", "reference"]
-                for who in order:
-                    if who == "reference":
-                        seconds, acc = run_reference(dilation, seed, train_set, test_set, args.epochs)
-                    else:
-                        seconds, acc = run_mixsearch(dilation, seed, splits, args.epochs)
+                for who in contenders[i % 2:] + contenders[:i % 2]:
+                    seconds, acc = in_fresh_process(timed_run, who, dilation, seed, root, sizes, args.epochs,
+                                                    args.threads)
                     times[who].append(seconds)
                     accuracy[who].append(acc)
                     print(f"dilation {dilation} seed {seed} {who:<9} {seconds:7.1f} s  "
-                          f"{len(train_set) * args.epochs / seconds:7.0f} img/s  test accuracy {acc:.4f}", flush=True)
-            images = len(train_set) * args.epochs * len(args.seeds)
+                          f"{sizes[0] * args.epochs / seconds:7.0f} img/s  test accuracy {acc:.4f}", flush=True)
+            images = sizes[0] * args.epochs * len(args.seeds)
             speed = {who: images / sum(t) for who, t in times.items()}
             flops = training_flops_per_image(build_model(mixer_arch(dilation)))
             rows.append((dilation, build_model(mixer_arch(dilation)).arch.num_tokens, params, speed, accuracy,
