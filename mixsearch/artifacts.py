@@ -29,6 +29,7 @@ from typing import Any
 import optuna
 import yaml
 from optuna.artifacts import FileSystemArtifactStore
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
@@ -166,7 +167,22 @@ def trial_artifact_ids(study: optuna.Study, trial: FrozenTrial) -> dict[str, str
     return ids
 
 
-def download(store: FileSystemArtifactStore, artifact_id: str, path: Path) -> None:
+def _missing(store: FileSystemArtifactStore, artifact_id: str, what: str) -> MixsearchError:
+    return MixsearchError(f"{what}: artifact {artifact_id} is not in the artifact store "
+                          f"{getattr(store, '_base_path', '?')}; give the store's directory with --artifacts")
+
+
+def require_artifact(store: FileSystemArtifactStore, artifact_id: str, what: str = "an artifact") -> None:
+    """Raise a one-line error naming ``what`` if ``store`` lacks ``artifact_id``: checked before
+    anything is written, so a wrong ``--artifacts`` leaves no half-made output."""
+    try:
+        with store.open_reader(artifact_id):
+            pass
+    except ArtifactNotFound:
+        raise _missing(store, artifact_id, what) from None
+
+
+def download(store: FileSystemArtifactStore, artifact_id: str, path: Path, what: str = "an artifact") -> None:
     """Copy an artifact to ``path``, replacing an older copy (exporting again refreshes the files)."""
     import shutil
 
@@ -175,10 +191,9 @@ def download(store: FileSystemArtifactStore, artifact_id: str, path: Path) -> No
         with store.open_reader(artifact_id) as reader, partial.open("wb") as writer:
             shutil.copyfileobj(reader, writer)
         partial.replace(path)
-    except FileNotFoundError:
+    except ArtifactNotFound:
         partial.unlink(missing_ok=True)
-        raise MixsearchError(f"artifact {artifact_id} is missing from the artifact store "
-                             f"{getattr(store, '_base_path', '?')}; give its directory with --artifacts") from None
+        raise _missing(store, artifact_id, what) from None
 
 
 # -- study-level plots -------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from .arch import Arch, arch_from_dict
-from .artifacts import WEIGHTS_FILE, download, load_weights, trial_artifact_ids
+from .artifacts import WEIGHTS_FILE, download, load_weights, require_artifact, trial_artifact_ids
 from .errors import MixsearchError, UsageError
 from .spec import DIRECTIONS, load_yaml
 
@@ -228,6 +228,10 @@ def export_trials(study: optuna.Study, trials: list[FrozenTrial], out_dir: str |
                   storage_shown: str, onnx: bool = False) -> ExportResult:
     """One YAML per trial (+ weights, + ONNX), then ``index.md`` and ``index.csv``."""
     out = Path(out_dir)
+    weights_ids = {trial.number: trial_artifact_ids(study, trial).get(WEIGHTS_FILE) for trial in trials}
+    for number, weights_id in weights_ids.items():
+        if weights_id is not None:
+            require_artifact(store, weights_id, f"trial {number}'s weights")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -238,12 +242,12 @@ def export_trials(study: optuna.Study, trials: list[FrozenTrial], out_dir: str |
     for trial in trials:
         stem = f"trial-{trial.number:03d}"
         record = export_record(study, trial, spec, storage_shown)
-        weights_id = trial_artifact_ids(study, trial).get(WEIGHTS_FILE)
+        weights_id = weights_ids[trial.number]
         if weights_id is None:
             result.notes.append(f"trial {trial.number}: no weights in the artifact store (the study ran without "
                                 "artifacts); exported the arch only")
         else:
-            download(store, weights_id, out / f"{stem}.safetensors")
+            download(store, weights_id, out / f"{stem}.safetensors", f"trial {trial.number}'s weights")
             record["weights"] = f"{stem}.safetensors"
         path = out / f"{stem}.yaml"
         write_yaml(path, record)
