@@ -61,9 +61,14 @@ def default_artifact_dir(storage_url: str) -> Path:
     return DEFAULT_DIR
 
 
-def artifact_dir(storage_url: str, study: optuna.Study | None = None, override: str | Path | None = None) -> Path:
-    """The store directory: ``override``, else the one the study recorded (if it exists), else the default."""
+def artifact_dir(storage_url: str, study: optuna.Study | None = None, override: str | Path | None = None,
+                 must_exist: bool = False) -> Path:
+    """The store directory: ``override``, else the one the study recorded (if it exists), else the
+    default. With ``must_exist`` (commands that only read the store), an ``override`` that is not a
+    directory is a usage error."""
     if override:
+        if must_exist and not Path(override).is_dir():
+            raise UsageError(f"--artifacts {override}: no such directory")
         return Path(override)
     if study is not None:
         recorded = study.user_attrs.get("artifact_dir")

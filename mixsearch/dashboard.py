@@ -37,7 +37,7 @@ def plan(storage_url: str, study_name: str | None, host: str, port: int,
     study = None
     if study_name is not None or len(names) == 1:
         study = load_study(storage, study_name, shown)
-    directory = artifact_dir(storage_url, study, artifacts)
+    directory = artifact_dir(storage_url, study, artifacts, must_exist=True)
     shown_host = f"[{host}]" if ":" in host else host
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else shown_host}:{port}/dashboard/"
     url = base + (f"studies/{study_id(storage, study.study_name)}" if study is not None else "")

@@ -134,6 +134,11 @@ def test_dashboard_errors_are_one_line(study_dir):
     assert done.returncode == 2
     assert [l for l in done.stderr.splitlines() if l.startswith("error:")] == [
         "error: --study: no study named 'nope' in sqlite:///studies/tiny.db; it holds: tiny"]
+    done = run_cli(["dashboard", "tiny.yaml", "--artifacts", "elsewhere", "--port", free_port()], study_dir, timeout=60)
+    assert done.returncode == 2
+    assert [l for l in done.stderr.splitlines() if l.startswith("error:")] == [
+        "error: --artifacts elsewhere: no such directory"]
+    assert not (study_dir / "elsewhere").exists()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -197,14 +197,17 @@ def _one_error_line(capsys) -> str:
 def test_export_from_a_store_without_the_weights_says_so_and_writes_nothing(study_run, tmp_path, capsys):
     folder, _, _ = study_run
     db = str(folder / "takeaway.db")
-    (tmp_path / "elsewhere").mkdir()
-    for store in (tmp_path / "elsewhere", tmp_path / "nowhere"):  # a store without the weights, and none at all
-        assert main(["export", db, "--artifacts", str(store), "-o", str(tmp_path / "x")]) == 1
-        line = _one_error_line(capsys)
-        assert "trial " in line and "'s weights: artifact " in line, line
-        assert f"is not in the artifact store {store}; give the store's directory with --artifacts" in line, line
-        assert not (tmp_path / "x").exists()  # checked before anything is written
-        assert not (tmp_path / "nowhere").exists()  # and the wrong store is not created either
+    store = tmp_path / "elsewhere"
+    store.mkdir()
+    assert main(["export", db, "--artifacts", str(store), "-o", str(tmp_path / "x")]) == 1
+    line = _one_error_line(capsys)
+    assert "trial " in line and "'s weights: artifact " in line, line
+    assert f"is not in the artifact store {store}; give the store's directory with --artifacts" in line, line
+    assert not (tmp_path / "x").exists()  # checked before anything is written
+
+    assert main(["export", db, "--artifacts", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x")]) == 2
+    assert _one_error_line(capsys) == f"error: --artifacts {tmp_path / 'nowhere'}: no such directory"
+    assert not (tmp_path / "x").exists() and not (tmp_path / "nowhere").exists()
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(study_run, exported, tmp_path, capsys):

@@ -62,7 +62,7 @@ def cmd_export(args) -> int:
     if args.by and args.top is None:
         raise UsageError("--by: only with --top K")
     study, shown, url = _open_study(args)
-    store = open_artifact_store(artifact_dir(url, study, args.artifacts), create=False)
+    store = open_artifact_store(artifact_dir(url, study, args.artifacts, must_exist=True), create=False)
     trials = select_trials(study, numbers=args.trial, top=args.top, by=args.by)
     if not trials:
         raise UsageError(f"study {study.study_name}: no complete trained trial to export yet")
