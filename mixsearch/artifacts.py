@@ -177,7 +177,7 @@ def _missing(store: FileSystemArtifactStore, artifact_id: str, what: str) -> Mix
                           f"{getattr(store, '_base_path', '?')}; give the store's directory with --artifacts")
 
 
-def require_artifact(store: FileSystemArtifactStore, artifact_id: str, what: str = "an artifact") -> None:
+def require_artifact(store: FileSystemArtifactStore, artifact_id: str, what: str) -> None:
     """Raise a one-line error naming ``what`` if ``store`` lacks ``artifact_id``: checked before
     anything is written, so a wrong ``--artifacts`` leaves no half-made output."""
     try:
@@ -187,8 +187,9 @@ def require_artifact(store: FileSystemArtifactStore, artifact_id: str, what: str
         raise _missing(store, artifact_id, what) from None
 
 
-def download(store: FileSystemArtifactStore, artifact_id: str, path: Path, what: str = "an artifact") -> None:
-    """Copy an artifact to ``path``, replacing an older copy (exporting again refreshes the files)."""
+def download(store: FileSystemArtifactStore, artifact_id: str, path: Path, what: str) -> None:
+    """Copy an artifact to ``path``, replacing an older copy (exporting again refreshes the files);
+    ``what`` names it in the error when the store lacks it."""
     import shutil
 
     partial = path.with_name(path.name + ".partial")

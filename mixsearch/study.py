@@ -306,8 +306,8 @@ def run_study(spec: Spec, storage_url: str | None = None, trials: int | None = N
     # each with --jobs 2). A worker that ran no trial draws them: it may be the only one. One that
     # leaves while others' trials run does not: one of those ends last.
     others_running = leave_when_all_started and not interrupted and slot_counts(study)[1] > 0
-    last = objective.current is None or ended_last(study, objective.current)
-    if interrupted or (last and not others_running):
+    # ended_last reads every trial from the storage: asked only when its answer decides.
+    if interrupted or (not others_running and (objective.current is None or ended_last(study, objective.current))):
         refresh_plots(study)
     return RunSummary(study, storage_url, finished_count(study) - before, finished_count(study),
                       time.perf_counter() - started, splits.source, interrupted)
